@@ -1,0 +1,197 @@
+"""Model configuration: every switch of the method, as one frozen dataclass, plus the preset loader.
+
+Defaults are the behaviour of the authors' released GlocalCLIP code (spec section 9: where the paper
+text and the released code differ, the released code produced the published numbers). Presets in
+``presets/methods.yaml`` are data: a preset is a base set of field values plus named variants (one per
+training set for the released script, one per evaluation set for the paper text), so that adding a
+setting never needs code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .io import read_yaml
+
+METHODS = ("glocalclip", "anomalyclip", "coop", "clip", "winclip")
+ATTENTIONS = ("vv", "qq", "kk", "qk")
+POSITIONS = ("back", "front", "middle")
+ANCHORS = ("global", "local")
+REDUCTIONS = ("sum", "mean")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+PRESETS_FILE = Path(__file__).parent / "presets" / "methods.yaml"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """All method switches. JSON-able through ``to_dict`` (used in run hashes and checkpoints)."""
+
+    method: str = "glocalclip"  # glocalclip | anomalyclip | coop | clip (fixed templates) | winclip
+
+    # --- text prompts (spec 3.1, 3.3) ---
+    normal_length: int = 12  # learnable normal context length n (released train.py default)
+    anomaly_length: int = 12  # learnable anomaly context length a (0 allowed with semantic: CoOp)
+    glocal: bool = True  # separate global and local prompts (False: one pair used for both)
+    semantic: bool = True  # anomaly prompt re-uses the normal context as its prefix
+    anomaly_position: str = "back"  # where the anomaly tokens sit relative to the shared normal ones
+    class_name: str = "object"  # the word after the context ("object" = object-agnostic)
+    use_class_names: bool = False  # CoOp / CLIP: put each image's category name in the prompt
+    normal_state: str = "{}"
+    anomaly_state: str = "damaged {}"
+    fixed_templates: tuple[str, str] = ("A photo of a normal {}.", "A photo of a damaged {}.")
+    ctx_init_std: float = 0.02
+
+    # --- deep text prompts (spec 3.2) ---
+    deep_depth: int = 9  # d: tensors injected before text blocks 2..d (d <= 1: none)
+    deep_length: int = 4  # t: token positions 1..t replaced
+    deep_fp16_rounding: bool = True  # released code casts the injected tensors to fp16
+    unused_projection_dim: int = 896  # the released learner's d-1 unused Linear(Wt, 896) layers
+
+    # --- vision (spec 2) ---
+    dual_path: bool = True  # V-V dual path (False: plain CLIP features, e.g. CoOp / CLIP)
+    vv_start_layer: int | None = None  # None: backbone default (6 for 24 layers)
+    feature_layers: tuple[int, ...] | None = None  # None: backbone default (6, 12, 18, 24)
+    attention: str = "vv"  # vv | qq | kk | qk (attention ablation)
+    global_ln_post: bool = False  # released code skips ln_post on the global embedding
+    alias_final_layer: bool = True  # released GlocalCLIP: all local layers are the final V-V tokens
+    window_scales: tuple[int, ...] = (2, 3)  # WinCLIP window sizes in patches (stride 1)
+
+    # --- scores (spec 4) ---
+    temperature: float = 0.07
+    map_reduction: str = "sum"  # released: sum over layers (range 0..n_layers); "mean" = paper wording
+    sigma: float = 4.0  # released test.py default; the published runs use 8 (presets)
+
+    # --- losses (spec 5) ---
+    global_loss_weight: float = 1.0
+    local_loss_weight: float = 1.0  # AnomalyCLIP: 4
+    gcl_lambda: float = 1.0  # weight of the glocal contrastive loss ("alpha" in the released code)
+    gcl_margin: float = 0.0  # published margin 0 makes the push-away term identically zero
+    gcl_anchor: str = "global"  # global (GSP, released) | local (LSP)
+    focal_gamma: float = 2.0
+
+    # --- numerics ---
+    precision: str = "fp32"  # autocast: fp32 (released) | bf16 | fp16
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("attention", self.attention, ATTENTIONS)
+        _check_choice("anomaly_position", self.anomaly_position, POSITIONS)
+        _check_choice("gcl_anchor", self.gcl_anchor, ANCHORS)
+        _check_choice("map_reduction", self.map_reduction, REDUCTIONS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        if self.method not in ("clip", "winclip"):
+            if self.normal_length < 1:
+                raise ConfigError(f"normal_length must be >= 1, got {self.normal_length}")
+            if self.anomaly_length < 0 or (self.anomaly_length == 0 and not self.semantic):
+                raise ConfigError(
+                    f"anomaly_length={self.anomaly_length}: must be >= 1, or 0 with semantic=True "
+                    "(shared context, CoOp style)"
+                )
+        if self.deep_depth > 1 and self.deep_length < 1:
+            raise ConfigError(f"deep_length must be >= 1 when deep_depth > 1, got {self.deep_length}")
+        if self.feature_layers is not None and len(self.feature_layers) == 0:
+            raise ConfigError("feature_layers must name at least one layer (or be null for the default)")
+        if not self.window_scales or any(int(k) < 1 for k in self.window_scales):
+            raise ConfigError(f"window_scales must be positive window sizes, got {self.window_scales}")
+        if len(self.fixed_templates) != 2:
+            raise ConfigError("fixed_templates must be two templates: (normal, anomaly)")
+
+    @property
+    def has_deep_prompts(self) -> bool:
+        return self.method not in ("clip", "winclip") and self.deep_depth > 1
+
+    @property
+    def num_prompts(self) -> int:
+        return 4 if (self.method == "glocalclip" and self.glocal) else 2
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return ModelConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown ModelConfig option(s) {unknown}; known options: {sorted(known)}"
+            )
+        kw = dict(d)
+        for k in ("fixed_templates", "feature_layers", "window_scales"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(kw[k])
+        for k in ("normal_length", "anomaly_length", "deep_depth", "deep_length"):
+            if k in kw and not isinstance(kw[k], int):
+                raise ConfigError(f"{k} must be an integer, got {kw[k]!r}")
+        return cls(**kw)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {list(choices)}")
+
+
+@lru_cache(maxsize=4)
+def _read_presets(path: str) -> dict[str, Any]:
+    data = read_yaml(path)
+    if not isinstance(data, dict) or "presets" not in data:
+        raise ConfigError(f"{path}: expected a top-level 'presets:' mapping")
+    return data["presets"]
+
+
+def preset_names(path: str | Path = PRESETS_FILE) -> list[str]:
+    return sorted(_read_presets(str(path)))
+
+
+def preset_info(name: str, path: str | Path = PRESETS_FILE) -> dict[str, Any]:
+    """The raw preset entry (description, variant_key, variants, lambda_grid, train...)."""
+    presets = _read_presets(str(path))
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r} in {path}; known presets: {sorted(presets)}")
+    return presets[name]
+
+
+def load_preset(
+    name: str, variant: str | None = None, *, path: str | Path = PRESETS_FILE, **overrides: Any
+) -> ModelConfig:
+    """Build a ModelConfig from a preset, an optional named variant and field overrides.
+
+    ``variant`` picks one of the preset's ``variants`` (for ``glocalclip-released``: the training
+    set, e.g. "mvtec"; for ``glocalclip-paper``: the evaluation set). A preset without the requested
+    variant raises ConfigError listing the ones it has; ``variant=None`` uses ``default_variant``
+    when the preset names one, else the base values.
+    """
+    entry = preset_info(name, path)
+    values: dict[str, Any] = dict(entry.get("config", {}))
+    variants: dict[str, Any] = entry.get("variants") or {}
+    variant = variant if variant is not None else entry.get("default_variant")
+    if variant is not None:
+        if variant not in variants:
+            raise ConfigError(
+                f"preset {name!r} has no variant {variant!r} ({path}); variants: {sorted(variants)}"
+            )
+        values.update(variants[variant] or {})
+    values.update(overrides)
+    return ModelConfig.from_dict(values)
+
+
+def variant_for(name: str, train_dataset: str | None = None, eval_dataset: str | None = None,
+                path: str | Path = PRESETS_FILE) -> str | None:
+    """The variant a preset uses for a (train, eval) pair, according to its ``variant_key``."""
+    entry = preset_info(name, path)
+    key = entry.get("variant_key")
+    variants = entry.get("variants") or {}
+    wanted = {"train_dataset": train_dataset, "eval_dataset": eval_dataset}.get(key)
+    return wanted if wanted in variants else None

@@ -1,0 +1,189 @@
+"""Datasets a run needs, ready to use: generated stand-ins (smoke) or validated real folders (paper).
+
+The engine only ever sees a `DataInfo`: the root, the test-split index, the evaluation level and a
+hash of the index content (part of every cache key and run id, so a changed dataset is never
+mistaken for the old one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from glocal_lib.engine.profiles import Profile
+from glocal_lib.errors import DataError
+from glocal_lib.io import atomic_write_json, stable_hash
+
+EVAL_LEVELS = ("image", "pixel", "image-pixel")
+INDEX_COLUMNS = ("image_path", "mask_path", "category", "label", "defect_type", "split")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """One dataset as the engine uses it (test split only: the protocol trains on test splits too)."""
+
+    key: str
+    root: Path
+    index: pd.DataFrame
+    eval_level: str
+    index_hash: str
+
+    def files_hash(self) -> str:
+        """Hash of every image/mask file's size and mtime: a replaced or regenerated file with the same
+        name gives a new feature cache (the run identity keeps to index_hash so that copying a dataset
+        to another machine does not make finished runs look new)."""
+        stats = []
+        for col in ("image_path", "mask_path"):
+            for rel in self.index[col].astype(str):
+                if rel:
+                    st = (self.root / rel).stat()
+                    stats.append((rel, st.st_size, st.st_mtime_ns))
+        return stable_hash(stats, 16)
+
+    @property
+    def categories(self) -> list[str]:
+        return list(dict.fromkeys(self.index["category"]))
+
+    @property
+    def has_image_metrics(self) -> bool:
+        return "image" in self.eval_level.split("-")
+
+    @property
+    def has_pixel_metrics(self) -> bool:
+        return "pixel" in self.eval_level.split("-")
+
+
+def index_hash(index: pd.DataFrame) -> str:
+    """Hash of the index rows (paths, categories, labels): identity of a dataset's content listing."""
+    cols = [c for c in INDEX_COLUMNS if c in index.columns]
+    records = index[cols].astype(str).values.tolist()
+    return stable_hash(records, 16)
+
+
+def _manifest_eval_level(key: str) -> str | None:
+    """Evaluation level declared by the DATA manifest, if the manifest carries one."""
+    try:
+        from glocal_lib.data import load_manifest
+    except ImportError:
+        return None
+    try:
+        manifest = load_manifest(key)
+    except Exception:  # noqa: BLE001 - the manifest is optional here; the index decides otherwise
+        return None
+    raw: Any = None
+    for name in ("eval_level", "eval", "evaluation", "level"):
+        raw = manifest.get(name) if isinstance(manifest, dict) else getattr(manifest, name, None)
+        if raw:
+            break
+    if not raw:
+        return None
+    text = str(raw).lower().replace("_", "-").replace("image-pixel-level", "image-pixel")
+    text = text.replace("-level", "").replace(" ", "")
+    if text in ("both", "image+pixel", "pixel-image"):
+        text = "image-pixel"
+    return text if text in EVAL_LEVELS else None
+
+
+def infer_eval_level(index: pd.DataFrame) -> str:
+    """Level the data supports: image metrics need both labels, pixel metrics need masks."""
+    has_masks = bool((index["mask_path"].astype(str) != "").any())
+    both_labels = index["label"].nunique() == 2
+    if has_masks and both_labels:
+        return "image-pixel"
+    if has_masks:
+        return "pixel"
+    return "image"
+
+
+def eval_level(key: str, index: pd.DataFrame) -> str:
+    return _manifest_eval_level(key) or infer_eval_level(index)
+
+
+def _generate_standin(key: str, root: Path, profile: Profile) -> None:
+    """Write a synthetic stand-in once; a marker file records the parameters it was made with."""
+    from glocal_lib.data.synthetic import make_standin
+
+    params = {"key": key, "seed": profile.synthetic_seed, "scale": profile.synthetic_scale,
+              "image_size": profile.synthetic_image_size}
+    marker = root / ".standin.json"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{key}.lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        if marker.is_file():
+            with contextlib.suppress(ValueError):
+                if json.loads(marker.read_text()) == params:
+                    return
+            shutil.rmtree(root)  # a stand-in made with other parameters: it is ours to replace
+        elif root.exists() and any(root.iterdir()):
+            raise DataError(
+                f"{root} exists but is not a generated stand-in (no .standin.json); the smoke profile "
+                f"generates its data there: point data_root elsewhere or remove the folder"
+            )
+        tmp = root.parent / f".{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        info = make_standin(key, tmp, seed=profile.synthetic_seed, image_size=profile.synthetic_image_size,
+                            scale=profile.synthetic_scale)
+        if isinstance(info, pd.DataFrame):
+            info.to_csv(tmp / ".standin_counts.csv", index=False)
+        atomic_write_json(tmp / ".standin.json", params)
+        if root.exists():
+            root.rmdir()  # empty (checked above)
+        tmp.rename(root)
+
+
+def load_data(key: str, root: Path) -> DataInfo:
+    """Index a dataset folder (native layout) and describe it for the engine."""
+    from glocal_lib.data import build_index
+
+    if not Path(root).exists():
+        raise DataError(
+            f"dataset {key!r}: folder {root} does not exist; set GLOCAL_DATA_ROOT (or GLOCAL_DATA_ROOT_{key.upper()}, "
+            f"or --data-root) to the folder holding the unpacked dataset"
+        )
+    index = build_index(key, root)
+    if "split" in index.columns:
+        index = index[index["split"] == "test"]
+    index = index.reset_index(drop=True)
+    if index.empty:
+        raise DataError(f"dataset {key!r} at {root}: no test images found; check the layout (glocal data check)")
+    index["label"] = index["label"].astype(int)
+    index["mask_path"] = index["mask_path"].fillna("").astype(str)
+    return DataInfo(key=key, root=Path(root), index=index, eval_level=eval_level(key, index),
+                    index_hash=index_hash(index))
+
+
+def prepare_data(profile: Profile, datasets: list[str] | tuple[str, ...] | str) -> dict[str, DataInfo]:
+    """Make the named datasets usable: smoke generates stand-ins, paper checks the real folders."""
+    keys = [datasets] if isinstance(datasets, str) else list(datasets)
+    out: dict[str, DataInfo] = {}
+    for key in dict.fromkeys(keys):
+        root = profile.dataset_root(key)
+        if profile.synthetic:
+            from glocal_lib.data.synthetic import standin_root
+
+            _generate_standin(key, root, profile)
+            root = standin_root(key, root)
+        else:
+            with contextlib.suppress(ImportError):
+                from glocal_lib.data import validate_dataset
+
+                validate_dataset(key, root)
+        out[key] = load_data(key, root)
+    return out
+
+
+def select_categories(data: DataInfo, categories: list[str] | tuple[str, ...]) -> DataInfo:
+    """The same dataset restricted to some categories (quick runs, tests); its own index hash."""
+    unknown = sorted(set(categories) - set(data.categories))
+    if unknown:
+        raise DataError(f"categories {unknown} are not in dataset {data.key!r} ({data.root}); it has {data.categories}")
+    index = data.index[data.index["category"].isin(list(categories))].reset_index(drop=True)
+    return DataInfo(key=data.key, root=data.root, index=index, eval_level=data.eval_level,
+                    index_hash=index_hash(index))

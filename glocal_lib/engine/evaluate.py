@@ -1,0 +1,338 @@
+"""Evaluation runs: batched prediction, smoothing on the device, metrics from glocal_lib.metrics.
+
+One category at a time: its maps are the only large arrays held (never a whole dataset's), its
+results are written to `categories/` as soon as they exist (so a killed evaluation resumes at the
+next category), and the dataset files (scores.csv, metrics.csv/json, samples, score_hist.npz) are
+assembled at the end. Image metrics are computed only where the dataset's evaluation level has
+them (both labels present), pixel metrics only where it has masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from glocal_lib.engine.data_prep import DataInfo, prepare_data
+from glocal_lib.engine.features import FeatureCache, LiveFeatures, autocast
+from glocal_lib.engine.modeling import (
+    AUTO,
+    build_detector,
+    config_from_dict,
+    effective_sigma,
+    model_config,
+    resolve_variant,
+)
+from glocal_lib.engine.profiles import Profile
+from glocal_lib.engine.runs import (
+    Run,
+    is_done,
+    load_run,
+    mark_done,
+    run_id,
+    run_lock,
+    start_run,
+    weights_identity,
+)
+from glocal_lib.errors import ConfigError
+from glocal_lib.io import atomic_save_with, atomic_write_json, stable_hash
+
+IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro_cflow", "aupro_mvtec")
+OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What to evaluate; None fields take the profile's value (or the train run's)."""
+
+    name: str
+    dataset: str
+    train_run: str | Path | None = None  # run folder or run id; None = untrained / zero-shot model
+    epoch: int | None = None  # None = last epoch of the train run
+    preset: str | None = None  # only without train_run (default "glocalclip-released")
+    variant: str | None = AUTO  # only without train_run: "auto" = the preset's variant for `dataset`
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 111
+    sigma: float | None = None
+    precision: str | None = None
+    batch_size: int | None = None
+    samples_per_category: int | None = None
+    categories: tuple[str, ...] | None = None
+    use_cache: bool = True
+
+
+def _resolve_train_run(train_run: str | Path, profile: Profile) -> Run:
+    path = Path(train_run)
+    if not (path / "config.json").is_file():
+        path = profile.runs_dir("train") / str(train_run)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"train run {train_run!r} not found (looked for {path}/config.json); "
+                          f"pass a run folder or a run id under {profile.runs_dir('train')}")
+    return load_run(path)
+
+
+def _model_setup(spec: EvalSpec, profile: Profile) -> tuple[Any, Path | None, dict[str, Any], int]:
+    """(model config, checkpoint, identity part, seed) for the model this evaluation scores with."""
+    if spec.train_run is None:
+        preset = spec.preset or "glocalclip-released"
+        variant = resolve_variant(preset, spec.variant, eval_dataset=spec.dataset)
+        cfg = model_config(preset, spec.overrides, variant, precision=spec.precision or profile.precision)
+        return cfg, None, {"preset": preset, "variant": variant, "train_run": None, "epoch": None}, spec.seed
+    tr = _resolve_train_run(spec.train_run, profile)
+    if spec.epoch is None and not tr.done:
+        raise ConfigError(f"train run {tr.path} is not finished; finish it (glocal train) or pick --epoch")
+    ckpt = tr.checkpoint(spec.epoch)
+    epoch = int(ckpt.stem.split("_")[1])
+    cfg = config_from_dict(tr.config["model"])
+    changes = dict(spec.overrides)
+    if spec.precision:
+        changes["precision"] = spec.precision
+    if changes:
+        cfg = cfg.replace(**changes)
+    seed = int(tr.config.get("spec", {}).get("seed", spec.seed))
+    return cfg, ckpt, {"preset": tr.config.get("preset"), "variant": tr.config.get("identity", {}).get("variant"),
+                      "train_run": tr.run_id, "epoch": epoch}, seed
+
+
+def eval_identity(spec: EvalSpec, profile: Profile, data: DataInfo) -> tuple[dict[str, Any], Any, Path | None, int]:
+    cfg, ckpt, part, seed = _model_setup(spec, profile)
+    identity = {
+        "kind": "eval", "profile": profile.name, **part, "model": cfg.to_dict(), "seed": seed,
+        "backbone": profile.backbone, "weights": weights_identity(profile.weights, profile.cache_dir),
+        "image_size": profile.image_size, "dataset": spec.dataset, "index_hash": data.index_hash,
+        "categories": list(spec.categories) if spec.categories else None,
+        "sigma": effective_sigma(cfg, profile, spec.sigma),
+        "precision": cfg.precision,
+        "features": f"cache-{profile.cache_dtype}" if spec.use_cache else "live",
+        "samples_per_category": spec.samples_per_category if spec.samples_per_category is not None
+        else profile.samples_per_category,
+    }
+    return identity, cfg, ckpt, seed
+
+
+def eval_run_dir(spec: EvalSpec, profile: Profile, data: DataInfo | None = None) -> Path:
+    data = data or prepare_data(profile, [spec.dataset])[spec.dataset]
+    identity = eval_identity(spec, profile, data)[0]
+    return profile.runs_dir("eval") / run_id(spec.name, identity)
+
+
+def sample_rows(index: pd.DataFrame, k: int) -> list[int]:
+    """k figure samples per category, the same for every method: anomalous images first, ordered by a
+    hash of their path (deterministic, spread over defect types), normal images if too few."""
+    out: list[int] = []
+    if k <= 0:
+        return out
+    for _, grp in index.groupby("category", sort=False):
+        keyed = sorted(grp.index, key=lambda i: (-int(grp.at[i, "label"]),
+                                                  hashlib.sha256(str(grp.at[i, "image_path"]).encode()).hexdigest()))
+        out.extend(int(i) for i in keyed[:k])
+    return out
+
+
+def _image_uint8(item: dict[str, Any]) -> np.ndarray:
+    img = item["image"].float().numpy().transpose(1, 2, 0) * OPENAI_STD + OPENAI_MEAN
+    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+
+
+def _metrics_for(level_image: bool, level_pixel: bool, scores: np.ndarray, labels: np.ndarray,
+                 maps: np.ndarray | None, masks: np.ndarray | None) -> dict[str, float]:
+    from glocal_lib.metrics import image_metrics, pixel_metrics
+
+    out: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined metrics come back as NaN, documented in metrics.json
+        if level_image:
+            out.update({k: float(v) for k, v in image_metrics(scores, labels).items()})
+        if level_pixel and maps is not None:
+            out.update({k: float(v) for k, v in pixel_metrics(maps, masks).items()})
+    return out
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) + "-" + stable_hash(name, 6)
+
+
+def run_eval(spec: EvalSpec, profile: Profile, *, progress: bool = True, data: DataInfo | None = None) -> Path:
+    """Evaluate (or resume, or just return) the run for `spec`; returns its folder."""
+    data = data or prepare_data(profile, [spec.dataset])[spec.dataset]
+    identity, cfg, ckpt, seed = eval_identity(spec, profile, data)
+    run_dir = profile.runs_dir("eval") / run_id(spec.name, identity)
+    if is_done(run_dir):
+        return run_dir
+    profile.apply_threads()
+    with run_lock(run_dir):
+        if is_done(run_dir):
+            return run_dir
+        config = {"kind": "eval", "name": spec.name, "profile": profile.name, "preset": identity["preset"],
+                  "banner": profile.banner, "dataset": spec.dataset, "eval_level": data.eval_level,
+                  "train_run": identity["train_run"], "epoch": identity["epoch"], "model": cfg.to_dict(),
+                  "identity": identity,
+                  "spec": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(spec).items()},
+                  "runtime": {"device": profile.device, "data_root": str(data.root),
+                              "batch_size": spec.batch_size or profile.eval_batch_size,
+                              "checkpoint": str(ckpt) if ckpt else None}}
+        start_run(run_dir, config, profile.device)
+        _evaluate(spec, profile, cfg, ckpt, seed, data, run_dir, identity, progress=progress)
+        mark_done(run_dir)
+    return run_dir
+
+
+@torch.no_grad()
+def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, seed: int, data: DataInfo,
+              run_dir: Path, identity: dict[str, Any], *, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    from glocal_lib.data import AnomalyDataset
+
+    t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    model = build_detector(cfg, profile, seed=seed, checkpoint=ckpt)
+    timing["model_build_s"] = time.perf_counter() - t0
+    device, precision = profile.device, identity["precision"]
+    sigma, bs = identity["sigma"], spec.batch_size or profile.eval_batch_size
+    index = data.index
+    cats = list(spec.categories) if spec.categories else data.categories
+    unknown = sorted(set(cats) - set(data.categories))
+    if unknown:
+        raise ConfigError(f"categories {unknown} are not in dataset {data.key!r} ({data.root}); "
+                          f"it has {data.categories}")
+    if spec.use_cache:
+        source: Any = FeatureCache(profile.cache_dir, dtype=profile.cache_dtype).get(
+            model, data, backbone=profile.backbone,
+            weights_id=weights_identity(profile.weights, profile.cache_dir), device=device,
+            precision=precision, batch_size=bs, num_workers=profile.num_workers, progress=progress)
+    else:
+        source = LiveFeatures(model, data, device=device, precision=precision, num_workers=profile.num_workers)
+    timing["features_s"] = time.perf_counter() - t0 - timing["model_build_s"]
+    t1 = time.perf_counter()
+    samples = set(sample_rows(index[index["category"].isin(cats)], identity["samples_per_category"]))
+    sample_ds = AnomalyDataset(data.root, index, image_size=profile.image_size) if samples else None
+    size = int(model.image_size)
+    categories = index["category"].to_numpy()
+    cat_dir, sample_dir = run_dir / "categories", run_dir / "samples"
+    todo = [c for c in cats if not (cat_dir / f"{_safe(c)}.npz").is_file()]  # others finished before a kill
+    rows_of = {c: np.flatnonzero(categories == c) for c in todo}
+    order = np.concatenate([rows_of[c] for c in todo]) if todo else np.empty(0, dtype=np.int64)
+    # Batches run across category boundaries (few model calls), but only the categories in progress
+    # hold their maps: a category is finalised (metrics, part file) and freed as soon as it is complete.
+    open_parts: dict[str, _CategoryAccumulator] = {}
+    bar = tqdm(total=len(order), desc=f"eval {data.key}", disable=not progress, unit="img")
+    for chunk, feats, lab, msk in source.iter_batches(order, bs, device):
+        with autocast(device, precision):
+            pred = model.predict(feats, sigma=sigma, class_names=list(categories[chunk]))
+        s = pred.image_scores.float().cpu().numpy()
+        m = pred.maps.float().cpu().numpy()
+        y = lab.cpu().numpy()
+        mk = (msk.cpu().numpy() > 0.5).astype(np.uint8)
+        for j, row in enumerate(chunk.tolist()):
+            cat = str(categories[row])
+            if cat not in open_parts:
+                open_parts[cat] = _CategoryAccumulator(rows_of[cat], size, data.has_pixel_metrics)
+            acc = open_parts[cat]
+            acc.add(row, s[j], y[j], m[j], mk[j])
+            if row in samples:
+                img = _image_uint8(sample_ds[row])
+                atomic_save_with(sample_dir / f"{row}.npz", lambda p, img=img, a=mk[j], b=m[j]:
+                                 np.savez_compressed(p, image=img, mask=a, map=b))
+            if acc.complete:
+                acc.finish(cat_dir / f"{_safe(cat)}.npz", data)
+                del open_parts[cat]
+        bar.update(len(chunk))
+    bar.close()
+    timing["predict_and_metrics_s"] = time.perf_counter() - t1
+    timing["images"] = float(len(order))
+    atomic_write_json(run_dir / "timing.json", {k: round(v, 4) for k, v in timing.items()})
+    _assemble(run_dir, data, cats, samples, identity, profile.banner)
+
+
+class _CategoryAccumulator:
+    """Scores, labels and (for pixel-level datasets) maps/masks of one category while it is evaluated."""
+
+    def __init__(self, rows: np.ndarray, size: int, keep_maps: bool) -> None:
+        self.rows = rows
+        self.pos = {int(r): i for i, r in enumerate(rows)}
+        n = len(rows)
+        self.scores = np.empty(n, dtype=np.float32)
+        self.labels = np.empty(n, dtype=np.int64)
+        self.maps = np.empty((n, size, size), dtype=np.float32) if keep_maps else None
+        self.masks = np.empty((n, size, size), dtype=np.uint8) if keep_maps else None
+        self.filled = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == len(self.rows)
+
+    def add(self, row: int, score: float, label: int, amap: np.ndarray, mask: np.ndarray) -> None:
+        i = self.pos[row]
+        self.scores[i], self.labels[i] = score, label
+        if self.maps is not None:
+            self.maps[i], self.masks[i] = amap, mask
+        self.filled += 1
+
+    def finish(self, part: Path, data: DataInfo) -> None:
+        metrics = _metrics_for(data.has_image_metrics, data.has_pixel_metrics, self.scores, self.labels,
+                               self.maps, self.masks)
+        atomic_save_with(part, lambda p: np.savez(p, scores=self.scores, labels=self.labels, rows=self.rows,
+                                                  metrics=json.dumps(metrics)))
+        self.maps = self.masks = None
+
+
+def _assemble(run_dir: Path, data: DataInfo, cats: list[str], samples: set[int], identity: dict[str, Any],
+              banner: str) -> None:
+    """Dataset-level files from the per-category parts."""
+    index = data.index
+    score_rows, metric_rows, per_cat = [], [], {}
+    all_scores, all_labels, all_cats = [], [], []
+    for cat in cats:
+        with np.load(run_dir / "categories" / f"{_safe(cat)}.npz") as z:
+            scores, labels, rows = z["scores"], z["labels"], z["rows"]
+            metrics = json.loads(str(z["metrics"]))
+        per_cat[cat] = metrics
+        for r, s, y in zip(rows, scores, labels):
+            score_rows.append((index.at[int(r), "image_path"], cat, int(y), float(s)))
+        all_scores.append(scores)
+        all_labels.append(labels)
+        all_cats += [cat] * len(scores)
+        metric_rows += [(data.key, cat, k, v) for k, v in metrics.items()]
+    names = [m for m in (*IMAGE_METRICS, *PIXEL_METRICS) if any(m in d for d in per_cat.values())]
+    mean: dict[str, float] = {}
+    n_defined: dict[str, int] = {}
+    for m in names:
+        vals = [d[m] for d in per_cat.values() if m in d and not math.isnan(d[m])]
+        n_defined[m] = len(vals)
+        mean[m] = float(np.mean(vals)) if vals else float("nan")
+        metric_rows.append((data.key, "mean", m, mean[m]))
+    scores_df = pd.DataFrame(score_rows, columns=["image_path", "category", "label", "score"])
+    atomic_save_with(run_dir / "scores.csv", lambda p: scores_df.to_csv(p, index=False))
+    metrics_df = pd.DataFrame(metric_rows, columns=["dataset", "category", "metric", "value"])
+    atomic_save_with(run_dir / "metrics.csv", lambda p: metrics_df.to_csv(p, index=False))
+
+    def _nan_none(d: dict[str, float]) -> dict[str, float | None]:
+        return {k: (None if math.isnan(v) else v) for k, v in d.items()}
+
+    atomic_write_json(run_dir / "metrics.json", {
+        "dataset": data.key, "eval_level": data.eval_level, "banner": banner, "profile": identity["profile"],
+        "mean": _nan_none(mean), "categories_defined": n_defined,
+        "per_category": {c: _nan_none(d) for c, d in per_cat.items()},
+        "note": "mean = mean over categories where the metric is defined (NaN/null = undefined: one label only)",
+    })
+    atomic_save_with(run_dir / "score_hist.npz", lambda p: np.savez(
+        p, scores=np.concatenate(all_scores), labels=np.concatenate(all_labels), categories=np.array(all_cats)))
+    sample_rows_ = [(i, index.at[i, "category"], index.at[i, "image_path"], int(index.at[i, "label"]),
+                     f"samples/{i}.npz") for i in sorted(samples)]
+    score_of = dict(zip(scores_df["image_path"], scores_df["score"]))
+    sdf = pd.DataFrame(sample_rows_, columns=["i", "category", "image_path", "label", "file"])
+    sdf.insert(4, "score", [score_of.get(p, float("nan")) for p in sdf["image_path"]])
+    atomic_save_with(run_dir / "samples" / "index.csv", lambda p: sdf.to_csv(p, index=False))

@@ -1,0 +1,312 @@
+"""Frozen-vision feature cache: encode every image of a dataset once, reuse it across epochs and runs.
+
+The vision tower is frozen, its V-V path has no parameters and training uses no augmentation, so
+the features of an image never change during training; recomputing them 15 times (as the released
+scripts do) is pure waste. The cache stores `VisionFeatures` per image as memory-mapped .npy files
+(fp16 or fp32), plus labels and masks, in a folder named by a hash of everything the numbers depend
+on: backbone and weights identity, image size, vision options, the encode precision, the dataset
+index content, and a fingerprint of the model's actual output on a fixed probe image (so any vision
+change the explicit key misses still gives a new folder). A folder is built in a temporary
+directory under a lock and renamed into place, so concurrent builders and kill -9 never leave a
+half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+
+from glocal_lib.engine.data_prep import DataInfo
+from glocal_lib.io import atomic_write_json, stable_hash
+
+CACHE_FORMAT = 1
+_DTYPES = {"fp16": np.float16, "fp32": np.float32}
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast context for 'bf16'/'fp16', a no-op for 'fp32' (the released code's precision)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def _vision_features_cls() -> Any:
+    from glocal_lib.model import VisionFeatures
+
+    return VisionFeatures
+
+
+def make_features(global_emb: torch.Tensor, patch: torch.Tensor) -> Any:
+    return _vision_features_cls()(global_emb=global_emb, patch=patch)
+
+
+def vision_options(model: Any) -> dict[str, Any]:
+    """Vision-side options of a model (what changes its features), as a JSON-able dict."""
+    sig = getattr(model, "vision_signature", None)
+    if callable(sig):
+        return dict(sig())
+    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        words = ("vv", "feature_layer", "attention", "ln_post", "alias", "dual_path", "vision")
+        return {k: v for k, v in cfg.to_dict().items() if any(w in k for w in words)}
+    return {}
+
+
+_PROBE_MEMO: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # model -> fingerprint
+
+
+@torch.no_grad()
+def probe_fingerprint(model: Any, device: str) -> str:
+    """Hash of the model's vision output on a fixed pseudo-random image: catches any vision change.
+
+    Values are rounded to 3 significant decimals first so bit-level float noise does not matter
+    (a rare rounding flip only costs a cache miss, never a wrong hit).
+    """
+    if model not in _PROBE_MEMO:
+        size = int(model.image_size)
+        gen = torch.Generator().manual_seed(1234)
+        image = (torch.rand(1, 3, size, size, generator=gen) * 2 - 1).to(device)
+        feats = model.encode_image(image)
+        h = hashlib.sha256()
+        for t in (feats.global_emb, feats.patch):
+            arr = t.detach().float().cpu().numpy()
+            h.update(np.round(arr, 3).astype(np.float32).tobytes())
+            h.update(str(tuple(arr.shape)).encode())
+        _PROBE_MEMO[model] = h.hexdigest()[:16]
+    return _PROBE_MEMO[model]
+
+
+def cache_key(model: Any, data: DataInfo, *, backbone: str, weights_id: dict[str, Any], image_size: int,
+              precision: str, dtype: str, device: str) -> tuple[str, dict[str, Any]]:
+    """Folder name for (model vision, image size, data) and the dict it hashes (stored in meta.json)."""
+    ident = {
+        "format": CACHE_FORMAT,
+        "backbone": backbone,
+        "weights": weights_id,
+        "image_size": int(image_size),
+        "vision_options": vision_options(model),
+        "probe": probe_fingerprint(model, device),
+        "encode_precision": precision,
+        "dtype": dtype,
+        "dataset": data.key,
+        "index_hash": data.index_hash,
+        "files_hash": data.files_hash(),
+    }
+    return f"{data.key}-{stable_hash(ident, 16)}", ident
+
+
+@dataclass
+class CachedFeatures:
+    """A finished cache folder opened read-only (memory-mapped): batches come back as torch tensors."""
+
+    path: Path
+    global_emb: np.ndarray  # (N, D)
+    patch: np.ndarray  # (N, n_unique, G*G, D)
+    slots: list[int]  # feature layer i -> stored slot
+    labels: np.ndarray  # (N,) int64
+    masks: np.ndarray  # (N, S, S) uint8
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: Path) -> CachedFeatures:
+        meta = json.loads((path / "meta.json").read_text())
+        return cls(
+            path=path,
+            global_emb=np.load(path / "global.npy", mmap_mode="r"),
+            patch=np.load(path / "patch.npy", mmap_mode="r"),
+            slots=list(meta["slots"]),
+            labels=np.load(path / "labels.npy"),
+            masks=np.load(path / "masks.npy", mmap_mode="r"),
+            meta=meta,
+        )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor, device: str = "cpu"
+              ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """(VisionFeatures float32, labels (B,), masks (B,S,S) float {0,1}) for rows `indices`, in order."""
+        idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")  # read the memmap in file order, then restore the order
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        sidx = idx[order]
+        g = torch.from_numpy(np.ascontiguousarray(self.global_emb[sidx])[inv]).float()
+        p = torch.from_numpy(np.ascontiguousarray(self.patch[sidx])[inv]).float()
+        if len(set(self.slots)) == 1:
+            p = p[:, :1].expand(-1, len(self.slots), -1, -1)
+        elif self.slots != list(range(p.shape[1])):
+            p = p[:, self.slots]
+        masks = torch.from_numpy(np.ascontiguousarray(self.masks[sidx])[inv]).float()
+        labels = torch.from_numpy(self.labels[idx]).long()
+        return make_features(g.to(device), p.to(device)), labels.to(device), masks.to(device)
+
+    def iter_batches(self, indices: Sequence[int] | np.ndarray, batch_size: int, device: str = "cpu"
+                     ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor, torch.Tensor]]:
+        indices = np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            yield (chunk, *self.batch(chunk, device))
+
+
+class _AliasBroken(Exception):
+    """Layers that looked identical in the first batch differ later: rebuild without dedupe."""
+
+
+def _layer_slots(patch: torch.Tensor) -> list[int]:
+    """Slot of each layer: the first earlier layer bit-identical to it (released aliasing), else its own."""
+    slots: list[int] = []
+    unique: list[int] = []
+    for i in range(patch.shape[1]):
+        match = next((u for u in unique if torch.equal(patch[:, i], patch[:, u])), None)
+        if match is None:
+            unique.append(i)
+            slots.append(len(unique) - 1)
+        else:
+            slots.append(unique.index(match))
+    return slots
+
+
+def _loader(data: DataInfo, image_size: int, batch_size: int, num_workers: int,
+            order: Sequence[int] | None = None) -> torch.utils.data.DataLoader:
+    from glocal_lib.data import AnomalyDataset
+
+    ds = AnomalyDataset(data.root, data.index, image_size=image_size)
+    ids = list(range(len(ds))) if order is None else list(order)
+    batches = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    return torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=num_workers)
+
+
+@torch.no_grad()
+def encode_batch(model: Any, images: torch.Tensor, device: str, precision: str) -> Any:
+    with autocast(device, precision):
+        feats = model.encode_image(images.to(device, non_blocking=True))
+    return make_features(feats.global_emb.float(), feats.patch.float())
+
+
+def _build(model: Any, data: DataInfo, tmp: Path, *, image_size: int, device: str, precision: str,
+           dtype: str, batch_size: int, num_workers: int, dedupe: bool, progress: bool) -> list[int]:
+    from tqdm.auto import tqdm
+
+    n = len(data.index)
+    np_dtype = _DTYPES[dtype]
+    arrays: dict[str, np.ndarray] = {}
+    slots: list[int] = []
+    labels = np.empty(n, dtype=np.int64)
+    loader = _loader(data, image_size, batch_size, num_workers)
+    pos = 0
+    for item in tqdm(loader, desc=f"cache {data.key}", disable=not progress, leave=False):
+        feats = encode_batch(model, item["image"], device, precision)
+        g, p = feats.global_emb.cpu(), feats.patch.cpu()
+        if not arrays:
+            slots = _layer_slots(p) if dedupe else list(range(p.shape[1]))
+            n_unique = max(slots) + 1
+            arrays["global"] = open_memmap(tmp / "global.npy", "w+", np_dtype, (n, g.shape[1]))
+            arrays["patch"] = open_memmap(tmp / "patch.npy", "w+", np_dtype, (n, n_unique, *p.shape[2:]))
+            arrays["masks"] = open_memmap(tmp / "masks.npy", "w+", np.uint8, (n, image_size, image_size))
+        elif dedupe:
+            first = {}
+            for i, s in enumerate(slots):
+                if s in first and not torch.equal(p[:, i], p[:, first[s]]):
+                    raise _AliasBroken
+                first.setdefault(s, i)
+        b = g.shape[0]
+        unique_layers = [slots.index(s) for s in range(max(slots) + 1)]
+        arrays["global"][pos:pos + b] = g.numpy().astype(np_dtype)
+        arrays["patch"][pos:pos + b] = p[:, unique_layers].numpy().astype(np_dtype)
+        arrays["masks"][pos:pos + b] = (item["mask"] > 0.5).numpy().astype(np.uint8)
+        labels[pos:pos + b] = item["label"].numpy()
+        pos += b
+    if pos != n:
+        raise RuntimeError(f"feature cache for {data.key}: encoded {pos} of {n} images")
+    for arr in arrays.values():
+        arr.flush()
+    np.save(tmp / "labels.npy", labels)
+    return slots
+
+
+class FeatureCache:
+    """Folder of cached datasets; `get(model, data, ...)` returns CachedFeatures, building once."""
+
+    def __init__(self, root: str | os.PathLike[str], dtype: str = "fp16") -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"cache dtype must be one of {list(_DTYPES)}, got {dtype!r}")
+        self.root = Path(root)
+        self.dtype = dtype
+        self.builds = 0  # folders this object had to compute (tests and benchmarks read it)
+
+    def get(self, model: Any, data: DataInfo, *, backbone: str, weights_id: dict[str, Any], device: str = "cpu",
+            precision: str = "fp32", batch_size: int = 32, num_workers: int = 0, progress: bool = False
+            ) -> CachedFeatures:
+        name, ident = cache_key(model, data, backbone=backbone, weights_id=weights_id,
+                                image_size=int(model.image_size), precision=precision, dtype=self.dtype,
+                                device=device)
+        final = self.root / name
+        if (final / "meta.json").is_file():
+            return CachedFeatures.open(final)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{name}.lock", "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released by the OS if this process dies
+            if (final / "meta.json").is_file():  # another process finished it while we waited
+                return CachedFeatures.open(final)
+            for stale in self.root.glob(f".{name}.tmp-*"):  # left by a killed builder (we hold the lock)
+                shutil.rmtree(stale, ignore_errors=True)
+            if final.exists():  # no meta.json: an incomplete folder cannot come from rename; drop it
+                shutil.rmtree(final)
+            tmp = self.root / f".{name}.tmp-{os.getpid()}"
+            tmp.mkdir()
+            try:
+                try:
+                    slots = _build(model, data, tmp, image_size=int(model.image_size), device=device,
+                                   precision=precision, dtype=self.dtype, batch_size=batch_size,
+                                   num_workers=num_workers, dedupe=True, progress=progress)
+                except _AliasBroken:
+                    shutil.rmtree(tmp)
+                    tmp.mkdir()
+                    slots = _build(model, data, tmp, image_size=int(model.image_size), device=device,
+                                   precision=precision, dtype=self.dtype, batch_size=batch_size,
+                                   num_workers=num_workers, dedupe=False, progress=progress)
+                data.index.to_csv(tmp / "index.csv", index=False)
+                atomic_write_json(tmp / "meta.json", {**ident, "slots": slots, "n": len(data.index)})
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self.builds += 1
+        return CachedFeatures.open(final)
+
+
+class LiveFeatures:
+    """The uncached path: every batch is read from disk and encoded again (what the released code does)."""
+
+    def __init__(self, model: Any, data: DataInfo, *, device: str = "cpu", precision: str = "fp32",
+                 num_workers: int = 0) -> None:
+        self.model, self.data, self.device = model, data, device
+        self.precision, self.num_workers = precision, num_workers
+        self.labels = data.index["label"].to_numpy(dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.data.index)
+
+    def iter_batches(self, indices: Sequence[int] | np.ndarray, batch_size: int, device: str = "cpu"
+                     ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor, torch.Tensor]]:
+        indices = np.asarray(indices, dtype=np.int64)
+        loader = _loader(self.data, int(self.model.image_size), batch_size, self.num_workers, indices.tolist())
+        for start, item in zip(range(0, len(indices), batch_size), loader):
+            feats = encode_batch(self.model, item["image"], self.device, self.precision)
+            masks = (item["mask"] > 0.5).float().to(device)
+            yield indices[start:start + batch_size], feats, item["label"].long().to(device), masks

@@ -1,0 +1,85 @@
+"""Building the detector a run needs from (profile, preset, overrides, seed, checkpoint).
+
+The engine never interprets the preset: it hands it to the model package and treats the result as
+an opaque `nn.Module` honouring the Model API (encode_image, predict, compute_losses, ...).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glocal_lib.engine.profiles import Profile
+
+AUTO = "auto"
+
+
+def resolve_variant(preset: str, variant: str | None, train_dataset: str | None = None,
+                    eval_dataset: str | None = None) -> str | None:
+    """'auto' -> the preset's variant for this (train, eval) pair (e.g. the training set), else as given."""
+    if variant != AUTO:
+        return variant
+    from glocal_lib.config import variant_for
+
+    return variant_for(preset, train_dataset=train_dataset, eval_dataset=eval_dataset)
+
+
+def model_config(preset: str, overrides: dict[str, Any] | None = None, variant: str | None = None,
+                 precision: str | None = None) -> Any:
+    """ModelConfig of a preset (+ variant, overrides); the profile's precision unless overridden."""
+    from glocal_lib.config import load_preset
+
+    values = dict(overrides or {})
+    if precision is not None and "precision" not in values:
+        values["precision"] = precision
+    return load_preset(preset, variant, **values)
+
+
+def config_from_dict(d: dict[str, Any]) -> Any:
+    from glocal_lib.config import ModelConfig
+
+    return ModelConfig.from_dict(d)
+
+
+def build_detector(cfg: Any, profile: Profile, *, seed: int, checkpoint: str | Path | None = None) -> Any:
+    """The model on the profile's device, in eval mode.
+
+    `seed` seeds the random backbone (smoke) and the initial prompts, as build_model defines it.
+    A checkpoint's prompt tensors are loaded into a model built from `cfg` (not the checkpoint's
+    own config), so evaluation-time switches such as precision can differ from training.
+    """
+    from glocal_lib.model import build_model, load_prompt_state, read_checkpoint
+
+    torch.manual_seed(seed)
+    model = build_model(cfg, backbone=profile.backbone, weights=profile.weights, device=profile.device,
+                        image_size=profile.image_size, seed=seed)
+    if checkpoint is not None:
+        load_prompt_state(model, read_checkpoint(checkpoint), str(checkpoint))
+    model.eval()
+    return model
+
+
+def prompt_names(model: Any, count: int) -> list[str]:
+    """Names of the rows of model.text_embeddings(), from the model when it says, else by convention."""
+    names = getattr(model, "prompt_names", None)
+    if callable(names):
+        names = names()
+    if names is not None and len(list(names)) == count:
+        return [str(n) for n in names]
+    if count == 4:
+        return ["global_normal", "global_anomaly", "local_normal", "local_anomaly"]
+    if count == 2:
+        return ["normal", "anomaly"]
+    return [f"prompt_{i}" for i in range(count)]
+
+
+def effective_sigma(cfg: Any, profile: Profile, sigma: float | None = None) -> float:
+    """Smoothing sigma: explicit > profile > the preset's sigma scaled to the image size (518 px basis),
+    so a small smoke image is smoothed like the published sigma 8 at 518 px."""
+    if sigma is not None:
+        return float(sigma)
+    if profile.sigma is not None:
+        return float(profile.sigma)
+    return float(cfg.sigma) * profile.image_size / 518.0

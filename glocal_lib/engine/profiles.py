@@ -1,0 +1,156 @@
+"""Run profiles (smoke | paper): how big and where a reproduction runs, read from presets/profiles.yaml.
+
+A profile says which backbone and weights, image size, epochs, precision, device, data and result
+folders to use. It never says anything about the method: that is the model preset's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glocal_lib.errors import ConfigError
+from glocal_lib.io import read_yaml
+
+PROFILES_FILE = Path(__file__).resolve().parent.parent / "presets" / "profiles.yaml"
+PRECISIONS = ("fp32", "bf16", "fp16")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything about the size and place of a run; frozen so a run config can't drift mid-run."""
+
+    name: str
+    banner: str
+    backbone: str
+    weights: str | None
+    image_size: int
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    precision: str
+    device: str
+    sigma: float | None
+    results_root: Path
+    data_root: Path
+    dataset_roots: dict[str, Path] = field(default_factory=dict)
+    cache_dir: Path = Path("results/cache")
+    cache_dtype: str = "fp16"
+    synthetic: bool = False
+    synthetic_scale: str | None = None
+    synthetic_seed: int = 0
+    synthetic_image_size: int = 128
+    samples_per_category: int = 2
+    num_workers: int = 0
+    torch_threads: int | None = None  # None: torch's default; 1 avoids oversubscription on shared small CPUs
+
+    def apply_threads(self) -> None:
+        """Set torch's intra-op thread count when the profile asks (process-wide, done by the runners)."""
+        if self.torch_threads:
+            import torch
+
+            if torch.get_num_threads() != self.torch_threads:
+                torch.set_num_threads(self.torch_threads)
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.synthetic
+
+    def runs_dir(self, kind: str) -> Path:
+        if kind not in ("train", "eval"):
+            raise ConfigError(f"run kind must be 'train' or 'eval', got {kind!r}")
+        return self.results_root / "runs" / kind
+
+    def dataset_root(self, key: str) -> Path:
+        """Root of one dataset: explicit per-dataset root, env GLOCAL_DATA_ROOT_<KEY>, else data_root/key."""
+        if key in self.dataset_roots:
+            return Path(self.dataset_roots[key])
+        env = os.environ.get(f"GLOCAL_DATA_ROOT_{key.upper()}")
+        if env:
+            return Path(env)
+        return self.data_root / key
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, Path):
+                d[k] = str(v)
+        d["dataset_roots"] = {k: str(v) for k, v in self.dataset_roots.items()}
+        return d
+
+    def replace(self, **overrides: Any) -> Profile:
+        return _build(self.name, {**self.to_dict(), **overrides})
+
+
+def _expand(value: Any) -> Any:
+    """Expand ${VAR} / ${VAR:-default} in strings so users point profiles at their folders by env."""
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1)) or (m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'key=value' from the command line -> (key, typed value) using YAML scalars (1, 0.5, true, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value (example: --override image_size=112)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _build(name: str, raw: dict[str, Any]) -> Profile:
+    names = {f.name for f in dataclasses.fields(Profile)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown profile field(s) {unknown} for profile {name!r} (in {PROFILES_FILE} or overrides); "
+            f"known fields: {sorted(names)}"
+        )
+    values = _expand(dict(raw))
+    values["name"] = name
+    for key in ("results_root", "data_root", "cache_dir"):
+        values[key] = Path(values[key])
+    values["dataset_roots"] = {k: Path(v) for k, v in (values.get("dataset_roots") or {}).items()}
+    if values.get("weights") in ("", "null", "none", "None"):
+        values["weights"] = None
+    if values["precision"] not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {values['precision']!r}")
+    if values.get("cache_dtype") not in ("fp16", "fp32"):
+        raise ConfigError(f"cache_dtype must be 'fp16' or 'fp32', got {values.get('cache_dtype')!r}")
+    for key in ("image_size", "epochs", "batch_size", "eval_batch_size", "samples_per_category",
+                "synthetic_image_size"):
+        values[key] = int(values[key])
+    values["sigma"] = None if values.get("sigma") in (None, "", "null") else float(values["sigma"])
+    required = {
+        f.name
+        for f in dataclasses.fields(Profile)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(values))
+    if missing:
+        raise ConfigError(f"profile {name!r} in {PROFILES_FILE} lacks field(s) {missing}")
+    return Profile(**values)
+
+
+def available_profiles() -> list[str]:
+    return list(read_yaml(PROFILES_FILE))
+
+
+def load_profile(name: str = "smoke", **overrides: Any) -> Profile:
+    """Profile `name` from presets/profiles.yaml with field overrides (e.g. image_size=112, device='cuda')."""
+    table = read_yaml(PROFILES_FILE)
+    if name not in table:
+        raise ConfigError(f"unknown profile {name!r}; {PROFILES_FILE} defines {sorted(table)}")
+    return _build(name, {**table[name], **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,0 +1,214 @@
+"""Run directories: one folder per train or eval run, named by a hash of everything that decides its numbers.
+
+`<results_root>/runs/<kind>/<name>-<hash12>/` holds config.json, env.json, the outputs and a DONE
+marker written last. A finished run is returned as is; an unfinished one is resumed by its owner
+(train.py / evaluate.py). A per-run lock file stops two processes from working on one run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from glocal_lib.errors import ConfigError
+from glocal_lib.io import atomic_write_json, atomic_write_text, sha256_file, stable_hash
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DONE = "DONE"
+
+
+def slug(name: str) -> str:
+    """A file-name-safe short name (letters, digits, . _ -) for run ids."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip("-")
+    if not s:
+        raise ConfigError(f"run name {name!r} has no usable characters (use letters, digits, - or _)")
+    return s[:80]
+
+
+def run_id(name: str, identity: dict[str, Any]) -> str:
+    """'<name>-<12 hex>' where the hash covers only what changes the run's numbers."""
+    return f"{slug(name)}-{stable_hash(identity, 12)}"
+
+
+def git_commit() -> dict[str, Any]:
+    """Commit and dirty flag of the package's repository, or 'unknown' outside a git checkout."""
+    def _git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown", "dirty": bool(status) if status is not None else None}
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions, machine and device: what someone needs to tell why two runs' numbers differ."""
+    import torch
+
+    versions: dict[str, str] = {"python": sys.version.split()[0], "torch": torch.__version__,
+                                "numpy": np.__version__, "pandas": pd.__version__}
+    for dist in ("open_clip_torch", "scipy", "scikit-learn", "scikit-image"):
+        try:  # metadata only: importing sklearn/skimage just for a version costs seconds
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = "missing"
+    dev = {"requested": device, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return {"git": git_commit(), "versions": versions, "device": dev,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv}
+
+
+def weights_identity(weights: str | os.PathLike[str] | None, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Identity of a weight file by content (sha256), memoised by path/size/mtime so it is hashed once."""
+    if weights is None:
+        return {"weights": "random"}
+    path = Path(weights)
+    if not path.is_file():
+        return {"weights": path.name, "sha256": "missing"}
+    st = path.stat()
+    memo_key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo_file = (cache_dir / "weights_sha256.json") if cache_dir else None
+    memo: dict[str, str] = {}
+    if memo_file and memo_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            memo = json.loads(memo_file.read_text())
+    if memo_key not in memo:
+        memo[memo_key] = sha256_file(path)
+        if memo_file:
+            atomic_write_json(memo_file, memo)
+    return {"weights": path.name, "sha256": memo[memo_key]}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a run folder (released by the OS if the process dies, so kill -9 is safe)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / DONE).is_file()
+
+
+def start_run(run_dir: Path, config: dict[str, Any], device: str) -> None:
+    """Write config.json (checked against an existing one) and env.json for this attempt."""
+    cfg_file = run_dir / "config.json"
+    if cfg_file.is_file():
+        old = json.loads(cfg_file.read_text())
+        if stable_hash(old.get("identity")) != stable_hash(json.loads(json.dumps(config["identity"], default=str))):
+            raise ConfigError(f"{cfg_file} belongs to a different run config; delete {run_dir} to start over")
+    atomic_write_json(cfg_file, config)
+    env_file = run_dir / "env.json"
+    env = environment(device)
+    if env_file.is_file():  # resumed: keep the first attempt's record too
+        with contextlib.suppress(ValueError, OSError):
+            first = json.loads(env_file.read_text())
+            env["first_attempt"] = first.get("first_attempt", first)
+    atomic_write_json(env_file, env)
+
+
+def mark_done(run_dir: Path, info: dict[str, Any] | None = None) -> None:
+    atomic_write_text(run_dir / DONE, json.dumps({"finished": time.time(), **(info or {})}) + "\n")
+
+
+@dataclass
+class Run:
+    """Read-only view of a run folder: what REPORT uses instead of touching files itself."""
+
+    path: Path
+    kind: str
+    config: dict[str, Any]
+    env: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def done(self) -> bool:
+        return is_done(self.path)
+
+    @property
+    def banner(self) -> str:
+        return str(self.config.get("banner", ""))
+
+    # --- train runs
+    def losses(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "losses.csv")
+
+    def prompt_embeddings(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        with np.load(self.path / "prompt_embeddings.npz") as z:
+            return z["emb"].astype(np.float32), [str(n) for n in z["names"]], z["epochs"].astype(int)
+
+    def checkpoint(self, epoch: int | None = None) -> Path:
+        ckpts = sorted((self.path / "checkpoints").glob("epoch_*.pt"))
+        if not ckpts:
+            raise ConfigError(f"train run {self.path} has no checkpoints yet; run it first (glocal train)")
+        if epoch is None:
+            return ckpts[-1]
+        path = self.path / "checkpoints" / f"epoch_{epoch:02d}.pt"
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist; available: {[p.name for p in ckpts]}")
+        return path
+
+    # --- eval runs
+    def metrics(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "metrics.csv")
+
+    def metrics_json(self) -> dict[str, Any]:
+        return json.loads((self.path / "metrics.json").read_text())
+
+    def scores(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "scores.csv", keep_default_na=False)
+
+    def samples(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "samples" / "index.csv", keep_default_na=False)
+
+    def score_hist(self) -> dict[str, np.ndarray]:
+        with np.load(self.path / "score_hist.npz") as z:
+            return {k: z[k] for k in z.files}
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """Open a run folder (train or eval) written by run_train / run_eval."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{path} is not a run folder (no config.json); runs live in <results>/runs/<kind>/")
+    config = json.loads(cfg_file.read_text())
+    env_file = path / "env.json"
+    env = json.loads(env_file.read_text()) if env_file.is_file() else {}
+    return Run(path=path, kind=str(config.get("kind", "")), config=config, env=env)
+
+
+def find_runs(results_root: Path, kind: str, done_only: bool = True) -> list[Run]:
+    """All runs of one kind under a results root (sorted by id)."""
+    base = Path(results_root) / "runs" / kind
+    runs = [load_run(p) for p in sorted(base.glob("*")) if (p / "config.json").is_file()]
+    return [r for r in runs if r.done or not done_only]

@@ -1,0 +1,241 @@
+"""Prompt training (spec §5–6): a resumable run that only ever updates the model's prompt parameters.
+
+Every epoch ends with a checkpoint (prompts, optimizer, RNG states, step), the prompt embeddings so
+far and the loss log, all written atomically; `latest.pt` is written last and is what a resumed
+run starts from, so a run killed at any moment (kill -9) continues from its last complete epoch
+and reaches the same final prompts. The loop is method-agnostic: it calls model.compute_losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from glocal_lib.engine.data_prep import DataInfo, prepare_data
+from glocal_lib.engine.features import FeatureCache, LiveFeatures
+from glocal_lib.engine.modeling import AUTO, build_detector, model_config, prompt_names, resolve_variant
+from glocal_lib.engine.profiles import Profile
+from glocal_lib.engine.runs import is_done, mark_done, run_id, run_lock, start_run, weights_identity
+from glocal_lib.errors import ConfigError
+from glocal_lib.io import atomic_save_with, atomic_write_json, atomic_write_text
+
+LOSS_KEYS = ("global", "local", "focal", "dice", "gcl", "total")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """What to train; None fields take the profile's value. Only result-changing fields enter the hash."""
+
+    name: str
+    train_dataset: str = "mvtec"
+    preset: str = "glocalclip-released"
+    variant: str | None = AUTO  # "auto": the preset's variant for train_dataset; None: base values
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int = 111
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    use_cache: bool = True
+
+    def resolved(self, profile: Profile) -> TrainSpec:
+        return dataclasses.replace(self, epochs=self.epochs or profile.epochs,
+                                   batch_size=self.batch_size or profile.batch_size,
+                                   betas=tuple(float(b) for b in self.betas))
+
+
+def _config(spec: TrainSpec, profile: Profile) -> Any:
+    variant = resolve_variant(spec.preset, spec.variant, train_dataset=spec.train_dataset)
+    return model_config(spec.preset, spec.overrides, variant, precision=profile.precision)
+
+
+def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo) -> dict[str, Any]:
+    """Everything that changes the trained prompts (not device, paths or worker counts)."""
+    spec = spec.resolved(profile)
+    return {
+        "kind": "train",
+        "profile": profile.name,
+        "preset": spec.preset,
+        "variant": resolve_variant(spec.preset, spec.variant, train_dataset=spec.train_dataset),
+        "model": cfg.to_dict(),
+        "backbone": profile.backbone,
+        "weights": weights_identity(profile.weights, profile.cache_dir),
+        "image_size": profile.image_size,
+        "train_dataset": spec.train_dataset,
+        "index_hash": data.index_hash,
+        "epochs": spec.epochs,
+        "batch_size": spec.batch_size,
+        "lr": spec.lr,
+        "betas": list(spec.betas),
+        "seed": spec.seed,
+        "precision": profile.precision,
+        "features": f"cache-{profile.cache_dtype}" if spec.use_cache else "live",
+    }
+
+
+def train_run_dir(spec: TrainSpec, profile: Profile, data: DataInfo | None = None) -> Path:
+    """Where run_train(spec, profile) puts (or has put) its outputs, without training."""
+    data = data or prepare_data(profile, [spec.train_dataset])[spec.train_dataset]
+    cfg = _config(spec, profile)
+    return profile.runs_dir("train") / run_id(spec.name, train_identity(spec, profile, cfg, data))
+
+
+def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data: DataInfo | None = None,
+              stop_after_epoch: int | None = None) -> Path:
+    """Train (or resume, or just return) the run for `spec`; returns its folder.
+
+    stop_after_epoch: end the process's work after that epoch without DONE (simulates an
+    interruption for tests and lets users split long runs).
+    """
+    data = data or prepare_data(profile, [spec.train_dataset])[spec.train_dataset]
+    cfg = _config(spec, profile)
+    identity = train_identity(spec, profile, cfg, data)
+    run_dir = profile.runs_dir("train") / run_id(spec.name, identity)
+    if is_done(run_dir):
+        return run_dir
+    profile.apply_threads()
+    with run_lock(run_dir):
+        if is_done(run_dir):
+            return run_dir
+        spec = spec.resolved(profile)
+        config = {
+            "kind": "train", "name": spec.name, "profile": profile.name, "preset": spec.preset,
+            "banner": profile.banner, "train_dataset": spec.train_dataset, "model": cfg.to_dict(),
+            "identity": identity, "spec": dataclasses.asdict(spec),
+            "runtime": {"device": profile.device, "data_root": str(data.root),
+                        "cache_dir": str(profile.cache_dir), "num_workers": profile.num_workers},
+        }
+        start_run(run_dir, config, profile.device)
+        finished = _train(spec, profile, cfg, data, run_dir, progress=progress,
+                          stop_after_epoch=stop_after_epoch)
+        if finished:
+            mark_done(run_dir)
+    return run_dir
+
+
+def _feature_source(model: Any, data: DataInfo, profile: Profile, use_cache: bool, progress: bool) -> Any:
+    if not use_cache:
+        return LiveFeatures(model, data, device=profile.device, precision=profile.precision,
+                            num_workers=profile.num_workers)
+    cache = FeatureCache(profile.cache_dir, dtype=profile.cache_dtype)
+    return cache.get(model, data, backbone=profile.backbone,
+                     weights_id=weights_identity(profile.weights, profile.cache_dir), device=profile.device,
+                     precision=profile.precision, batch_size=profile.eval_batch_size,
+                     num_workers=profile.num_workers, progress=progress)
+
+
+def _save_epoch_checkpoint(model: Any, path: Path, state: dict[str, Any]) -> None:
+    """The model package's checkpoint (loadable by build_model(checkpoint=...)) + the resume state."""
+    from glocal_lib.model.checkpoint import save_checkpoint
+
+    save_checkpoint(model, path, extra={"engine": state})  # atomic (tmp file + rename)
+
+
+def _load_resume_state(path: Path) -> dict[str, Any]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj.get("engine") if isinstance(obj, dict) else None
+    if state is None and isinstance(obj, dict):
+        state = (obj.get("extra") or {}).get("engine")
+    if state is None:
+        raise ConfigError(f"{path} holds no engine resume state; delete it to restart the run")
+    return state
+
+
+def _write_logs(run_dir: Path, rows: list[dict[str, Any]], embs: list[np.ndarray], names: list[str]) -> None:
+    df = pd.DataFrame(rows, columns=["epoch", "step", *LOSS_KEYS])
+    atomic_save_with(run_dir / "losses.csv", lambda p: df.to_csv(p, index=False))
+    emb = np.stack(embs).astype(np.float32)
+    atomic_save_with(run_dir / "prompt_embeddings.npz",
+                     lambda p: np.savez(p, emb=emb, names=np.array(names), epochs=np.arange(len(embs))))
+
+
+def _read_timing(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / "timing.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _text_embeddings(model: Any) -> np.ndarray:
+    with torch.no_grad():
+        return model.text_embeddings().detach().float().cpu().numpy()
+
+
+def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir: Path, *,
+           progress: bool, stop_after_epoch: int | None) -> bool:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    model = build_detector(cfg, profile, seed=spec.seed)
+    timing = _read_timing(run_dir)
+    timing["model_build_s"] = round(time.perf_counter() - t0, 4)
+    params = list(model.prompt_parameters())
+    if not params:
+        raise ConfigError(f"preset {spec.preset!r} has no trainable prompt parameters: evaluate it zero-shot "
+                          f"(glocal eval without --train-run) instead of training it")
+    train_ids = {id(p) for p in params}
+    for p in model.parameters():  # only prompts learn: freeze anything else the model left trainable
+        if id(p) not in train_ids:
+            p.requires_grad_(False)
+    optimizer = torch.optim.Adam(params, lr=spec.lr, betas=tuple(spec.betas))
+    shuffle = torch.Generator().manual_seed(spec.seed)
+    ckpt_dir = run_dir / "checkpoints"
+    init = _text_embeddings(model)
+    names = prompt_names(model, init.shape[0])
+    rows: list[dict[str, Any]] = []
+    embs: list[np.ndarray] = [init]
+    start_epoch, step = 1, 0
+    latest = ckpt_dir / "latest.pt"
+    if latest.is_file():
+        state = _load_resume_state(latest)
+        with torch.no_grad():
+            for p, saved in zip(params, state["prompts"], strict=True):
+                p.copy_(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        shuffle.set_state(state["rng"]["shuffle"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        rows = [r for r in pd.read_csv(run_dir / "losses.csv").to_dict("records") if r["epoch"] < start_epoch]
+        with np.load(run_dir / "prompt_embeddings.npz") as z:
+            embs = list(z["emb"][:start_epoch])
+    t0 = time.perf_counter()
+    source = _feature_source(model, data, profile, spec.use_cache, progress)
+    timing["features_s"] = round(time.perf_counter() - t0, 4)  # cache build (or open) time
+    n = len(source)
+    categories = data.index["category"].to_numpy()
+    epochs = tqdm(range(start_epoch, spec.epochs + 1), desc=f"train {run_dir.name}", disable=not progress,
+                  initial=start_epoch - 1, total=spec.epochs)
+    for epoch in epochs:
+        t_epoch = time.perf_counter()
+        perm = torch.randperm(n, generator=shuffle).numpy()
+        batches = tqdm(source.iter_batches(perm, spec.batch_size, profile.device), leave=False,
+                       total=-(-n // spec.batch_size), desc=f"epoch {epoch}", disable=not progress)
+        for chunk, feats, labels, masks in batches:
+            losses = model.compute_losses(feats, labels, masks, class_names=list(categories[chunk]))
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+            step += 1
+            rows.append({"epoch": epoch, "step": step,
+                         **{k: float(losses[k].detach()) if k in losses else float("nan") for k in LOSS_KEYS}})
+        embs.append(_text_embeddings(model))
+        state = {"prompts": [p.detach().cpu().clone() for p in params], "optimizer": optimizer.state_dict(),
+                 "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()},
+                 "epoch": epoch, "step": step}
+        _save_epoch_checkpoint(model, ckpt_dir / f"epoch_{epoch:02d}.pt", state)
+        _write_logs(run_dir, rows, embs, names)
+        timing.setdefault("epochs_s", {})[str(epoch)] = round(time.perf_counter() - t_epoch, 4)
+        atomic_write_json(run_dir / "timing.json", timing)  # wall seconds, informative only
+        _save_epoch_checkpoint(model, latest, state)  # last: the resume point moves only when all is written
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < spec.epochs:
+            return False
+    atomic_write_text(run_dir / "final_epoch.txt", f"{spec.epochs}\n")
+    return True

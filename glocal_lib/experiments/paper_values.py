@@ -1,0 +1,79 @@
+"""The published numbers: the project's transcriptions of the papers' tables (paper/*.csv).
+
+Where they are read from, in order: ``$GLOCAL_PAPER_DIR``; the project's shared transcription folder
+next to the repository (``../shared/paper``); the copy shipped inside the package
+(``glocal_lib/experiments/paper/``), so that a clean install needs nothing else. A test keeps the copy
+identical to the shared folder.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from glocal_lib.errors import ConfigError
+
+PACKAGED_DIR = Path(__file__).with_name("paper")
+SIBLING_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "paper"
+KEY_COLUMNS = ("table", "domain", "dataset", "category", "method", "level", "metric")
+
+
+def paper_dir() -> Path:
+    """The folder the published values come from (see module docstring for the order)."""
+    env = os.environ.get("GLOCAL_PAPER_DIR")
+    if env:
+        path = Path(env)
+        if not path.is_dir():
+            raise ConfigError(f"GLOCAL_PAPER_DIR={env} is not a folder; unset it to use the packaged copy")
+        return path
+    if SIBLING_DIR.is_dir():
+        return SIBLING_DIR
+    return PACKAGED_DIR
+
+
+def paper_file(name: str) -> Path:
+    """Path of one transcription CSV; the packaged copy backs up a folder that lacks it."""
+    for folder in (paper_dir(), PACKAGED_DIR):
+        if (folder / name).is_file():
+            return folder / name
+    raise ConfigError(f"published-values file {name} not found in {paper_dir()} or {PACKAGED_DIR}; "
+                      "set GLOCAL_PAPER_DIR to the folder holding the paper CSVs")
+
+
+@lru_cache(maxsize=32)
+def _read(path: str, mtime: float) -> pd.DataFrame:
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "value" in df.columns:
+        df["value_text"] = df["value"]
+        df["value"] = pd.to_numeric(df["value"].replace("", np.nan), errors="coerce")
+    if "category" in df.columns:
+        df["category_key"] = df["category"].map(category_key)
+    return df
+
+
+def load_paper_table(name: str) -> pd.DataFrame:
+    """One transcription CSV; `value` as float (NaN where the paper printed "-"), text kept in value_text."""
+    path = paper_file(name)
+    return _read(str(path), path.stat().st_mtime).copy()
+
+
+def category_key(printed: str) -> str:
+    """Printed category name -> the datasets.csv key ('Metal nut' -> 'metal_nut'), per the paper README."""
+    return printed.strip().lower().replace(" ", "_") if printed else ""
+
+
+def lookup(df: pd.DataFrame, **filters: str) -> float:
+    """The single published value matching the filters, NaN when the paper has none."""
+    mask = np.ones(len(df), dtype=bool)
+    for col, val in filters.items():
+        if val is None:
+            continue
+        mask &= (df[col] == val).to_numpy()
+    hits = df[mask]
+    if len(hits) > 1:
+        raise ConfigError(f"published values are ambiguous for {filters}: {len(hits)} rows")
+    return float(hits["value"].iloc[0]) if len(hits) else float("nan")

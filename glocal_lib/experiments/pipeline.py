@@ -1,0 +1,163 @@
+"""What a notebook calls: one object tying the registry, the engine profile and the run outputs together.
+
+Every notebook opens a `Reproduction` with its parameters, makes sure the runs its artifacts need
+exist (the engine returns finished runs at once, so this is cheap when an earlier notebook ran
+them), then draws. That keeps each notebook runnable on its own, with any parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from glocal_lib.experiments import figures as figures_mod
+from glocal_lib.experiments import report as report_mod
+from glocal_lib.experiments import tables as tables_mod
+from glocal_lib.experiments.provenance import banner_for
+from glocal_lib.experiments.registry import DEFAULT_GLOCAL_PRESET, Plan, Registry, load_registry
+from glocal_lib.experiments.results import ResultStore
+
+ABLATION_NOTEBOOK = "03_ablations"
+
+
+@dataclass
+class Reproduction:
+    """Registry + engine profile + result store for one profile (and optional filters)."""
+
+    registry: Registry
+    profile: Any
+    store: ResultStore
+    progress: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    # --- paths
+    @property
+    def root(self) -> Path:
+        return Path(self.profile.results_root)
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / report_mod.TABLES_DIR
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / report_mod.FIGURES_DIR
+
+    @property
+    def banner(self) -> str:
+        return banner_for(self.profile)
+
+    def __repr__(self) -> str:
+        return (f"Reproduction(profile={self.profile.name!r}, preset={self.registry.glocal_preset!r}, "
+                f"results={str(self.root)!r}, datasets={sorted(self.registry.dataset_filter or []) or 'all'}, "
+                f"banner={self.banner!r})")
+
+    # --- selection
+    def artifact_ids(self, notebook: str | None = None, only: Sequence[str] | None = None,
+                     exclude_notebooks: Sequence[str] = ()) -> list[str]:
+        """Artifacts of one notebook (or all), restricted to `only` and minus other notebooks' ones."""
+        ids = self.registry.expand_ids(only)
+        arts = self.registry.artifacts
+        if notebook is not None:
+            ids = [a for a in ids if arts[a].get("notebook") == notebook]
+        return [a for a in ids if arts[a].get("notebook") not in exclude_notebooks]
+
+    def plan(self, ids: Sequence[str]) -> Plan:
+        return self.registry.plan(ids)
+
+    # --- work (delegated to the engine)
+    def prepare_data(self, keys: Sequence[str] | None = None) -> dict[str, Any]:
+        """Stand-ins (smoke) or validated real folders (paper) for every dataset the registry uses."""
+        from glocal_lib.engine import prepare_data
+
+        keys = list(keys) if keys else [k for k in self._used_datasets() if self.registry.keep(k)]
+        t = time.perf_counter()
+        out = prepare_data(self.profile, keys)
+        self.timings["prepare_data"] = time.perf_counter() - t
+        return out
+
+    def _used_datasets(self) -> list[str]:
+        used: list[str] = []
+        for dom in ("industrial", "medical"):
+            for which in ("main", "ablation"):
+                for train, evals in self.registry.protocol(which, dom):
+                    used += [train, *evals]
+        t5 = self.registry.artifacts.get("T5", {}).get("datasets", [])
+        return list(dict.fromkeys(used + list(t5)))
+
+    def train(self, ids: Sequence[str]) -> list[Path]:
+        """Train every run the artifacts need (finished runs are returned at once)."""
+        from glocal_lib.engine import run_train
+
+        plan = self.plan(ids)
+        t = time.perf_counter()
+        out = [run_train(job.spec(), self.profile, progress=self.progress) for job in plan.train_jobs]
+        self.timings["train"] = self.timings.get("train", 0.0) + time.perf_counter() - t
+        return out
+
+    def evaluate(self, ids: Sequence[str]) -> list[Path]:
+        """Evaluate every run the artifacts need (training first where a run is missing)."""
+        from glocal_lib.engine import run_eval
+
+        plan = self.plan(ids)
+        self.train(ids)
+        t = time.perf_counter()
+        out = [run_eval(job.spec(self.profile), self.profile, progress=self.progress) for job in plan.eval_jobs]
+        self.timings["evaluate"] = self.timings.get("evaluate", 0.0) + time.perf_counter() - t
+        return out
+
+    def status(self, ids: Sequence[str]) -> pd.DataFrame:
+        """One row per planned run: finished or not (reads run folders only)."""
+        plan = self.plan(ids)
+        rows = [{"kind": "train", "name": j.name, "done": self.store.train_run(j) is not None}
+                for j in plan.train_jobs]
+        rows += [{"kind": "eval", "name": j.name, "done": self.store.eval_run(j) is not None}
+                 for j in plan.eval_jobs]
+        return pd.DataFrame(rows, columns=["kind", "name", "done"])
+
+    # --- drawing
+    def data_indexes(self, data: dict[str, Any]) -> dict[str, pd.DataFrame]:
+        return {k: v.index for k, v in data.items()}
+
+    def build_tables(self, ids: Sequence[str], data: dict[str, Any] | None = None) -> dict[str, tables_mod.Table]:
+        indexes = self.data_indexes(data) if data is not None else None
+        return tables_mod.build_tables(self.registry, self.store, ids, self.tables_dir, indexes)
+
+    def build_figures(self, ids: Sequence[str]) -> dict[str, list[Path]]:
+        return figures_mod.build_figures(self.registry, self.store, ids, self.figures_dir)
+
+    def build_index(self) -> Path:
+        return report_mod.build_index(self.registry, self.root, self.profile)
+
+    # --- display helpers for notebooks
+    def show_table(self, table: tables_mod.Table) -> Any:
+        from IPython.display import Markdown
+
+        return Markdown(tables_mod.to_markdown(table))
+
+    def show_figure(self, artifact_id: str) -> Any:
+        from IPython.display import Image
+
+        return Image(filename=str(self.figures_dir / f"{artifact_id}.png"))
+
+
+def open_reproduction(profile: str = "smoke", preset: str = DEFAULT_GLOCAL_PRESET,
+                      datasets: Sequence[str] | None = None, methods: Sequence[str] | None = None,
+                      results_root: str | None = None, data_root: str | None = None,
+                      device: str | None = None, precision: str | None = None, progress: bool = False,
+                      **profile_overrides: Any) -> Reproduction:
+    """The notebooks' entry point: engine profile (with overrides) + registry (with filters)."""
+    from glocal_lib.engine import load_profile
+
+    overrides = {k: v for k, v in dict(results_root=results_root, data_root=data_root, device=device,
+                                         precision=precision, **profile_overrides).items() if v is not None}
+    prof = load_profile(profile, **overrides)
+    reg_profile = profile if profile in ("smoke", "paper") else ("smoke" if prof.is_synthetic else "paper")
+    registry = load_registry(profile=reg_profile, glocal_preset=preset, datasets=datasets, methods=methods)
+    store = ResultStore(prof, registry.data.get("lambda_selection_metrics"))
+    return Reproduction(registry=registry, profile=prof, store=store, progress=progress)

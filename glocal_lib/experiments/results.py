@@ -1,0 +1,144 @@
+"""Finding and reading the saved run outputs behind an artifact's cells (never recomputing a metric).
+
+The store asks the engine where a job's run folder is (run ids are config hashes), opens finished
+runs with the engine's read-only `load_run`, and turns a cell's candidate runs into one value per
+metric — picking the best lambda on the test set where the released script did, and saying so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from glocal_lib.experiments.registry import Cell, EvalJob, TrainJob
+
+
+@dataclass
+class CellResult:
+    """Metric values (fractions) of one cell plus where they came from."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    run_ids: list[str] = field(default_factory=list)
+    selected_lambda: float | None = None
+    select_on_test: bool = False
+    missing: bool = False
+    per_category: pd.DataFrame | None = None
+
+
+class ResultStore:
+    """Run folders of one profile. Subclass and override `locate_*` to read runs from elsewhere."""
+
+    def __init__(self, profile: Any, selection_metrics: list[str] | None = None) -> None:
+        self.profile = profile
+        self.selection_metrics = selection_metrics or ["image_auroc", "image_ap", "pixel_auroc", "aupro_cflow"]
+        self._cache: dict[Any, Any] = {}
+
+    # --- where runs live (engine hashing)
+    def locate_train(self, job: TrainJob) -> Path:
+        from glocal_lib.engine import train_run_dir
+
+        return train_run_dir(job.spec(), self.profile)
+
+    def locate_eval(self, job: EvalJob) -> Path | None:
+        from glocal_lib.engine import eval_run_dir
+
+        if job.train is not None and self.train_run(job.train) is None:
+            return None
+        return eval_run_dir(job.spec(self.profile), self.profile)
+
+    # --- opening runs
+    def _open(self, path: Path | None) -> Any:
+        from glocal_lib.engine import load_run
+
+        if path is None or not (path / "DONE").is_file():
+            return None
+        return load_run(path)
+
+    def train_run(self, job: TrainJob) -> Any:
+        key = ("train", job)
+        if key not in self._cache:
+            try:
+                self._cache[key] = self._open(self.locate_train(job))
+            except Exception:  # noqa: BLE001 - a run that cannot be located is reported as missing
+                self._cache[key] = None
+        return self._cache[key]
+
+    def eval_run(self, job: EvalJob) -> Any:
+        key = ("eval", job)
+        if key not in self._cache:
+            try:
+                self._cache[key] = self._open(self.locate_eval(job))
+            except Exception:  # noqa: BLE001
+                self._cache[key] = None
+        return self._cache[key]
+
+    def metrics(self, job: EvalJob) -> pd.DataFrame | None:
+        run = self.eval_run(job)
+        if run is None:
+            return None
+        key = ("metrics", job)
+        if key not in self._cache:
+            self._cache[key] = run.metrics()
+        return self._cache[key]
+
+    # --- cells
+    def dataset_values(self, job: EvalJob) -> dict[str, float] | None:
+        """The dataset-level ("mean" over categories) value of every metric of one eval run."""
+        df = self.metrics(job)
+        if df is None:
+            return None
+        rows = df[(df["dataset"] == job.dataset) & (df["category"].astype(str) == "mean")]
+        if rows.empty:  # a run without a "mean" row: average its categories
+            rows = df[df["dataset"] == job.dataset].groupby("metric", as_index=False)["value"].mean()
+        return {str(m): float(v) for m, v in zip(rows["metric"], rows["value"])}
+
+    def selection_score(self, values: dict[str, float]) -> float:
+        vals = [values[m] for m in self.selection_metrics if m in values and not math.isnan(values[m])]
+        return sum(vals) / len(vals) if vals else float("-inf")
+
+    def cell(self, cell: Cell, per_category: bool = False) -> CellResult:
+        """Values of one cell; with several candidates, the best lambda on this dataset's test set."""
+        found = []
+        for cand in cell.candidates:
+            vals = self.dataset_values(cand.job)
+            if vals is not None:
+                found.append((cand, vals))
+        if not cell.candidates:
+            return CellResult(missing=True)
+        if not found or len(found) < len(cell.candidates):
+            return CellResult(missing=True, run_ids=[self.eval_run(c.job).run_id for c, _ in found])
+        best, vals = max(found, key=lambda cv: self.selection_score(cv[1])) if cell.select_on_test else found[0]
+        result = CellResult(values=vals, selected_lambda=best.lam, select_on_test=cell.select_on_test)
+        run = self.eval_run(best.job)
+        result.run_ids = [run.run_id]
+        if best.job.train is not None:
+            tr = self.train_run(best.job.train)
+            if tr is not None:
+                result.run_ids.append(tr.run_id)
+        if per_category:
+            df = self.metrics(best.job)
+            result.per_category = df[(df["dataset"] == cell.dataset) & (df["category"].astype(str) != "mean")]
+        return result
+
+    def best_job(self, cell: Cell) -> EvalJob | None:
+        """The eval job a figure should draw for a cell (the selected lambda's run), if finished."""
+        found = [(c, self.dataset_values(c.job)) for c in cell.candidates]
+        found = [(c, v) for c, v in found if v is not None]
+        if not found:
+            return None
+        if cell.select_on_test:
+            return max(found, key=lambda cv: self.selection_score(cv[1]))[0].job
+        return found[0][0].job
+
+    def commit_of(self, run_ids: list[str]) -> str:
+        """The git commit recorded by the runs (env.json), for provenance."""
+        commits = set()
+        for job_run in self._cache.values():
+            if job_run is not None and hasattr(job_run, "env") and getattr(job_run, "run_id", None) in run_ids:
+                git = job_run.env.get("git", {})
+                commits.add(f"{git.get('commit', 'unknown')}{'+dirty' if git.get('dirty') else ''}")
+        return ", ".join(sorted(commits)) or "unknown"

@@ -1,0 +1,78 @@
+"""Small, safe file helpers: atomic writes, checksums and safe YAML.
+
+Outputs are written to a temporary file in the same folder and renamed into place, so a run killed
+at any moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PathLike = str | os.PathLike[str]
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    return atomic_save_with(path, lambda p: p.write_bytes(data))
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_save_with(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_save_torch(path: PathLike, obj: Any) -> Path:
+    import torch
+
+    return atomic_save_with(path, lambda p: torch.save(obj, p))
+
+
+def atomic_save_with(path: PathLike, save: Callable[[Path], None]) -> Path:
+    """Atomically write with any saver taking a path (np.savez, DataFrame.to_csv, fig.savefig...).
+
+    The temporary file keeps the target's suffix so savers that infer the format from it still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+    try:
+        save(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_yaml(path: PathLike) -> Any:
+    """Load YAML with the safe loader only (files from users are untrusted)."""
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """Hash of a JSON-able object, independent of key order: used for run ids and cache keys."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]

@@ -1,0 +1,85 @@
+"""``build_model``: the one entry point that turns (config, backbone, weights, checkpoint) into a model."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..config import ModelConfig, load_preset
+from ..errors import ConfigError
+from .backbone import load_clip
+from .checkpoint import (
+    checkpoint_kind,
+    import_official,
+    infer_official_config,
+    load_prompt_state,
+    load_torch_file,
+    official_flavour,
+)
+from .detector import GlocalDetector
+
+OFFICIAL_PRESETS = {"glocalclip": "glocalclip-released", "anomalyclip": "anomalyclip"}
+
+
+def build_model(
+    cfg: ModelConfig | str | None = None,
+    backbone: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    image_size: int | None = None,
+    seed: int | None = None,
+    weights_dir: str | os.PathLike[str] | None = None,
+    allow_download: bool = False,
+) -> GlocalDetector:
+    """Build a GlocalDetector.
+
+    cfg: a ModelConfig, a preset name, or None (taken from the checkpoint; else the
+        ``glocalclip-released`` preset).
+    backbone / weights: see ``backbone.load_clip`` (weights None = random init seeded with ``seed``).
+    checkpoint: our checkpoint (carries config, backbone, weights hint and image size: enough on its
+        own) or an official ``{"prompt_learner": ...}`` file (config inferred from its shapes when
+        ``cfg`` is None; a given ``cfg`` must agree with it).
+    image_size: input size S (None: the checkpoint's, else the backbone's native size).
+    seed: seeds the random backbone (weights None) and the initial prompt vectors (None: the
+        checkpoint's seed, else 0).
+    """
+    if isinstance(cfg, str):
+        cfg = load_preset(cfg)
+    ckpt: Any = None
+    kind = None
+    if checkpoint is not None:
+        ckpt = load_torch_file(checkpoint)
+        kind = checkpoint_kind(ckpt)
+        if kind == "unknown":
+            raise ConfigError(f"{checkpoint}: neither a glocal_lib checkpoint nor an official "
+                              "{'prompt_learner': ...} file")
+    if kind == "ours":
+        saved = ModelConfig.from_dict(ckpt["config"])
+        if cfg is not None and cfg.to_dict() != saved.to_dict():
+            diff = sorted(k for k, v in cfg.to_dict().items() if saved.to_dict().get(k) != v)
+            raise ConfigError(f"{checkpoint} was saved with a different config (fields {diff}); "
+                              "pass cfg=None to use the checkpoint's")
+        cfg = saved
+        backbone = backbone or ckpt.get("backbone")
+        weights = weights if weights is not None else ckpt.get("weights")
+        image_size = image_size or ckpt.get("image_size")
+        seed = seed if seed is not None else ckpt.get("seed")
+    elif kind == "official":
+        implied = infer_official_config(ckpt["prompt_learner"], str(checkpoint))
+        if cfg is None:
+            cfg = load_preset(OFFICIAL_PRESETS[implied["method"]], **implied)
+    if cfg is None:
+        cfg = load_preset("glocalclip-released")
+    seed = 0 if seed is None else int(seed)
+    if kind == "official":
+        official_flavour(cfg)  # clear ConfigError before loading a large backbone
+    clip = load_clip(backbone, weights, device=device, seed=seed, weights_dir=weights_dir,
+                     allow_download=allow_download)
+    model = GlocalDetector(clip, cfg, backbone=backbone, image_size=image_size, seed=seed,
+                           weights=None if weights is None else str(weights))
+    if kind == "ours":
+        load_prompt_state(model, ckpt, str(checkpoint))
+    elif kind == "official":
+        import_official(model, ckpt, str(checkpoint))
+    return model.to(device)

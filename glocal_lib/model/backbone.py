@@ -1,0 +1,369 @@
+"""Load the frozen CLIP backbone through open_clip, offline, from whatever weight file the user has.
+
+Three file kinds are accepted: the OpenAI TorchScript archive (``ViT-L-14-336px.pt``, checksum
+verified), an OpenAI-format state dict (``.pt``/``.pth``) and an open_clip ``.bin``/``.safetensors``.
+OpenAI-format and open_clip state dicts share the same key names, so one loader serves both; the
+architecture comes from the named open_clip config or, without a name, is inferred from the tensor
+shapes exactly as OpenAI's ``build_model`` (and the released GlocalCLIP code) infers it, including
+``heads = width // 64``. The model is built in float32 directly: open_clip's own OpenAI builder
+rounds the weights through float16, which would change fp32 state dicts.
+
+Two small random architectures (``glocal-tiny-24``, ``glocal-tiny-8``) are registered from
+``model_configs/*.json`` for tests and the smoke profile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+from glocal_lib.errors import ConfigError, WeightsError
+from glocal_lib.io import atomic_save_torch, sha256_file
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+TINY_BACKBONES = ("glocal-tiny-24", "glocal-tiny-8")
+WEIGHTS_DIR_ENV = "GLOCAL_WEIGHTS_DIR"
+# Keys OpenAI state dicts carry besides the parameters (the released build_model drops them too).
+OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A published weight file: where to get it and how to recognise a good copy."""
+
+    filename: str
+    url: str
+    sha256: str
+    backbone: str  # the open_clip config the file belongs to
+
+
+OPENAI_VIT_L_14_336 = WeightSource(
+    filename="ViT-L-14-336px.pt",
+    url=(
+        "https://openaipublic.azureedge.net/clip/models/"
+        "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt"
+    ),
+    sha256="3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+    backbone="ViT-L-14-336-quickgelu",
+)
+KNOWN_WEIGHTS = {OPENAI_VIT_L_14_336.filename: OPENAI_VIT_L_14_336}
+
+
+def register_model_configs() -> None:
+    """Add this package's architecture JSONs to open_clip's registry (idempotent)."""
+    if not all(name in open_clip.list_models() for name in TINY_BACKBONES):
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+register_model_configs()
+
+
+def default_feature_layers(depth: int) -> tuple[int, ...]:
+    """The published layers 6/12/18/24 scaled to a tower of `depth` blocks (8 -> 2/4/6/8)."""
+    return tuple(depth * q // 4 for q in (1, 2, 3, 4))
+
+
+def default_vv_start_layer(depth: int) -> int:
+    """The published V-V start (block 6 of 24) scaled to `depth` blocks (8 -> 2)."""
+    return max(1, depth // 4)
+
+
+def _where_to_get(filename: str) -> str:
+    src = KNOWN_WEIGHTS.get(filename)
+    if src is None:
+        return ""
+    return f" Download it from {src.url} (SHA256 {src.sha256})."
+
+
+def resolve_weights_path(
+    weights: str | os.PathLike[str], weights_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    """Find a weight file: an existing path, else a name inside `weights_dir` or $GLOCAL_WEIGHTS_DIR."""
+    path = Path(weights).expanduser()
+    searched = [path]
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        for folder in (weights_dir, os.environ.get(WEIGHTS_DIR_ENV)):
+            if folder:
+                candidate = Path(folder).expanduser() / path
+                searched.append(candidate)
+                if candidate.is_file():
+                    return candidate
+    where = ", ".join(str(p) for p in searched)
+    raise WeightsError(
+        f"Backbone weight file '{weights}' not found (looked at: {where}). Pass an existing path or put the "
+        f"file in the folder named by `weights_dir` or ${WEIGHTS_DIR_ENV}.{_where_to_get(path.name)}"
+    )
+
+
+def verify_checksum(path: Path) -> None:
+    """Check a file with a published name against its published SHA256 (catches truncated downloads)."""
+    src = KNOWN_WEIGHTS.get(path.name)
+    if src is None:
+        return
+    digest = sha256_file(path)
+    if digest != src.sha256:
+        raise WeightsError(
+            f"Weight file {path} has SHA256 {digest}, expected {src.sha256} for {src.filename}: the file is "
+            f"corrupt or a different model. Download it again from {src.url}."
+        )
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Read parameters from a weight file without unpickling arbitrary objects.
+
+    Returns (state dict, is_openai_format): TorchScript archives and state dicts with OpenAI's meta
+    keys are OpenAI models, which were trained with QuickGELU.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd: Any = load_file(str(path), device="cpu")
+            openai = False
+        elif _is_torchscript_archive(path):
+            # TorchScript archives are read by the TorchScript deserialiser, not by pickle.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still works
+                sd = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            openai = True
+        else:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            openai = False
+    except WeightsError:
+        raise
+    except Exception as exc:  # any parse failure means the file is not usable weights
+        raise WeightsError(
+            f"Could not read weight file {path} ({type(exc).__name__}: {exc}). Expected an OpenAI TorchScript "
+            f"archive, an OpenAI-format state dict (.pt/.pth) or an open_clip .bin/.safetensors.{_where_to_get(path.name)}"
+        ) from exc
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(
+            f"Weight file {path} does not hold a state dict of tensors.{_where_to_get(path.name)}"
+        )
+    sd = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
+    openai = openai or any(k in sd for k in OPENAI_META_KEYS)
+    for key in OPENAI_META_KEYS:
+        sd.pop(key, None)
+    if "visual.proj" not in sd or "text_projection" not in sd:
+        raise WeightsError(
+            f"Weight file {path} is not a CLIP ViT state dict (no 'visual.proj' / 'text_projection' keys)."
+            f"{_where_to_get(path.name)}"
+        )
+    return sd, openai
+
+
+def build_from_state_dict(sd: dict[str, torch.Tensor], quick_gelu: bool = True) -> CLIP:
+    """Build a float32 open_clip CLIP whose shape is read off an OpenAI-format ViT state dict."""
+    vision_width = sd["visual.conv1.weight"].shape[0]
+    vision_layers = sum(1 for k in sd if k.startswith("visual.") and k.endswith(".attn.in_proj_weight"))
+    patch = sd["visual.conv1.weight"].shape[-1]
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    mlp_ratio = sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / vision_width
+    text_width = sd["ln_final.weight"].shape[0]
+    text_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks")})
+    vision_cfg = CLIPVisionCfg(
+        layers=vision_layers,
+        width=vision_width,
+        patch_size=patch,
+        image_size=patch * grid,
+        mlp_ratio=mlp_ratio,
+    )
+    text_cfg = CLIPTextCfg(
+        context_length=sd["positional_embedding"].shape[0],
+        vocab_size=sd["token_embedding.weight"].shape[0],
+        width=text_width,
+        heads=text_width // 64,
+        layers=text_layers,
+    )
+    return CLIP(
+        sd["text_projection"].shape[1], vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=quick_gelu
+    )
+
+
+def _randomise_affine_parameters(model: torch.nn.Module) -> None:
+    """Give biases and norm gains random values: open_clip initialises them to 0/1, which would let a
+    test pass with a bias or LayerNorm affine silently dropped."""
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.data.normal_(0.0, 0.02)
+        elif p.ndim == 1 and ("ln_" in name or ".ln" in name) and name.endswith("weight"):
+            p.data.normal_(1.0, 0.1)
+
+
+def _create_random(backbone: str) -> CLIP:
+    # open_clip warns on the root logger that no pretrained weights were loaded: intended here.
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        return open_clip.create_model(backbone, pretrained=None)
+    finally:
+        logging.disable(previous)
+
+
+def _freeze(model: CLIP, device: str | torch.device) -> CLIP:
+    model = model.float().to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_clip(
+    backbone: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    weights_dir: str | os.PathLike[str] | None = None,
+    allow_download: bool = False,
+    verify: bool = True,
+) -> CLIP:
+    """Return a frozen float32 open_clip CLIP in eval mode.
+
+    backbone: open_clip config name (``ViT-L-14-336-quickgelu``, ``glocal-tiny-24``...) or None to infer
+        the architecture from an OpenAI-format state dict.
+    weights: None = random init seeded with `seed` (every bias/norm randomised too); a file path or a
+        file name looked up in `weights_dir` / $GLOCAL_WEIGHTS_DIR; ``"openai"`` = the local OpenAI
+        file for the backbone, downloaded through open_clip only if `allow_download`.
+    """
+    if weights is None:
+        if backbone is None:
+            raise ConfigError("load_clip needs a backbone name or a weight file (got neither).")
+        _check_known_backbone(backbone)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = _create_random(backbone)
+            _randomise_affine_parameters(model)
+        return _freeze(model, device)
+
+    if str(weights) == "openai":
+        return _load_openai_tag(backbone, device, weights_dir, allow_download, verify)
+
+    path = resolve_weights_path(weights, weights_dir)
+    if verify:
+        verify_checksum(path)
+    sd, is_openai = read_state_dict(path)
+    if backbone is None:
+        model = build_from_state_dict(sd, quick_gelu=True)
+    else:
+        _check_known_backbone(backbone)
+        cfg = open_clip.get_model_config(backbone)
+        if is_openai and not cfg.get("quick_gelu", False):
+            raise WeightsError(
+                f"{path} holds OpenAI CLIP weights, which were trained with QuickGELU, but backbone '{backbone}' "
+                f"uses GELU and would silently give wrong features. Use backbone '{backbone}-quickgelu'."
+            )
+        model = _create_random(backbone)
+    _load_strict(model, sd, path, backbone)
+    return _freeze(model, device)
+
+
+def _check_known_backbone(backbone: str) -> None:
+    if open_clip.get_model_config(backbone) is None:
+        raise ConfigError(
+            f"Unknown backbone '{backbone}'. Use an open_clip config name (e.g. 'ViT-L-14-336-quickgelu') "
+            f"or one of {', '.join(TINY_BACKBONES)}."
+        )
+
+
+def _load_strict(model: CLIP, sd: dict[str, torch.Tensor], path: Path, backbone: str | None) -> None:
+    expected = model.state_dict()
+    # TorchScript archives also list non-persistent buffers (the causal mask): not weights.
+    transient = {name for name, _ in model.named_buffers()} - set(expected)
+    sd = {k: v for k, v in sd.items() if k not in transient}
+    if "logit_scale" in expected and "logit_scale" not in sd:  # unused here; some exports drop it
+        sd["logit_scale"] = expected["logit_scale"].clone()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = sorted(k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise WeightsError(
+            f"Weight file {path} does not fit backbone '{backbone or 'inferred'}' ({detail}). Pick the backbone "
+            f"the file was trained with, or pass backbone=None for OpenAI-format state dicts."
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def _load_openai_tag(
+    backbone: str | None,
+    device: str | torch.device,
+    weights_dir: str | os.PathLike[str] | None,
+    allow_download: bool,
+    verify: bool,
+) -> CLIP:
+    name = backbone or OPENAI_VIT_L_14_336.backbone
+    if name not in ("ViT-L-14-336", OPENAI_VIT_L_14_336.backbone):
+        if not allow_download:
+            raise WeightsError(
+                f"weights='openai' for '{name}' needs a download; pass allow_download=True or a local file."
+            )
+    else:
+        try:
+            return load_clip(
+                None, OPENAI_VIT_L_14_336.filename, device, weights_dir=weights_dir, verify=verify
+            )
+        except WeightsError:
+            if not allow_download:
+                raise
+        name = OPENAI_VIT_L_14_336.backbone
+    if not name.endswith("-quickgelu"):
+        name = f"{name}-quickgelu"
+    model = open_clip.create_model(name, pretrained="openai")
+    return _freeze(model, device)
+
+
+def openai_state_dict(model: CLIP) -> dict[str, torch.Tensor]:
+    """The model's weights in OpenAI's layout (the released code's `build_model` loads this)."""
+    sd = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
+    visual = model.visual
+    sd["input_resolution"] = torch.tensor(int(visual.image_size[0]))
+    sd["context_length"] = torch.tensor(int(model.context_length))
+    sd["vocab_size"] = torch.tensor(int(model.vocab_size))
+    return sd
+
+
+def save_openai_state_dict(model: CLIP, path: str | os.PathLike[str]) -> Path:
+    """Write `openai_state_dict(model)` atomically (a plain tensor dict: loadable with weights_only)."""
+    return atomic_save_torch(path, openai_state_dict(model))
+
+
+def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """Resize a ViT positional table (1 + g*g, W) to (1 + grid*grid, W), CLS row kept.
+
+    Bilinear, align_corners=False, no antialias: the released code's choice (open_clip's own helper
+    is bicubic with antialias and gives different numbers).
+    """
+    old = round((pos.shape[0] - 1) ** 0.5)
+    if old * old + 1 != pos.shape[0]:
+        raise ValueError(f"positional embedding with {pos.shape[0]} rows is not 1 + a square grid")
+    if old == grid:
+        return pos
+    width = pos.shape[1]
+    patch_pos = pos[1:].reshape(1, old, old, width).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="bilinear", align_corners=False)
+    patch_pos = patch_pos.reshape(width, grid * grid).transpose(0, 1)
+    return torch.cat([pos[:1], patch_pos], dim=0)

@@ -1,0 +1,378 @@
+"""REPORT: experiment registry, published values, tables, figures, index, notebooks and the reproduce CLI.
+
+Tables and figures are built from fake run folders in the contract's format (tests/report_fakes.py),
+whose metric values are a known function of the run name, so every expected cell is recomputed here
+independently of the table code.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import math
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+from report_fakes import FakeProfile, FakeStore, fake_value, populate
+
+from glocal_lib.errors import ConfigError
+from glocal_lib.experiments import figures, paper_values, report, tables
+from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, make_notebook
+from glocal_lib.experiments.provenance import SMOKE_LABEL
+from glocal_lib.experiments.registry import load_registry
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS_MD = Path("/work/shared/spec/experiments.md")
+TABLE_IDS = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "TA", "TE", "TX"]
+FIGURE_IDS = [f"F{i}" for i in range(3, 37)]
+ALL_IDS = TABLE_IDS + FIGURE_IDS
+
+
+# ------------------------------------------------------------------------------------ registry
+def test_registry_lists_every_experiments_md_artifact() -> None:
+    reg = load_registry(profile="smoke")
+    assert sorted(reg.artifacts) == sorted(ALL_IDS)
+    if EXPERIMENTS_MD.is_file():  # the spec's own ids (ranges F6–F8, F12–F36 expanded)
+        text = EXPERIMENTS_MD.read_text()
+        ids = set(re.findall(r"^\| (T\d+|TA|TE|TX|F\d+)\b", text, re.M))
+        for lo, hi in re.findall(r"^\| F(\d+)[–-]F(\d+)", text, re.M):
+            ids |= {f"F{i}" for i in range(int(lo), int(hi) + 1)}
+        ids |= {"T9", "T10"}  # "T9, T10" share one row
+        assert ids <= set(reg.artifacts), sorted(ids - set(reg.artifacts))
+
+
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_every_artifact_resolves_to_runs_for_both_presets(profile: str) -> None:
+    for preset in ("glocalclip-released", "glocalclip-paper"):
+        reg = load_registry(profile=profile, glocal_preset=preset)
+        for aid in reg.artifacts:
+            art = reg.artifact(aid)
+            plan = reg.plan([aid])
+            if art["kind"] == "dataset_stats":
+                assert not plan.train_jobs and not plan.eval_jobs
+            elif art["kind"] == "umap":
+                assert plan.train_jobs, aid
+            else:
+                assert plan.eval_jobs, aid
+
+
+def test_overrides_are_real_model_config_fields_and_build() -> None:
+    from glocal_lib.config import ModelConfig, load_preset
+
+    fields = set(ModelConfig.__dataclass_fields__)
+    reg = load_registry(profile="paper")
+    plan = reg.plan()
+    for job in plan.train_jobs:
+        assert set(job.overrides_dict) <= fields, job.name
+        load_preset(job.preset, **job.overrides_dict)  # raises on an invalid combination
+    for ej in plan.eval_jobs:
+        if ej.train is None:
+            load_preset(str(ej.preset), **dict(ej.overrides))
+
+
+def test_shared_runs_are_deduplicated_and_named_by_config() -> None:
+    reg = load_registry(profile="smoke")
+    full = reg.plan()
+    assert len({j.name for j in full.train_jobs}) == len(full.train_jobs)
+    assert len({j.name for j in full.eval_jobs}) == len(full.eval_jobs)
+    # the full model is the same run in T3, T4, T7, T8 (lambda 1) and TA, whichever asks first
+    names = [{j.name for j in reg.plan([a]).train_jobs} for a in ("T3", "T4", "T7", "T8", "TA")]
+    assert set.intersection(*names)
+    # --only subsets name runs exactly as the full plan does
+    assert {j.name for j in reg.plan(["T8"]).train_jobs} <= {j.name for j in full.train_jobs}
+    # T3 +F3 (glocal split, no GCL) and T8 lambda 0 are one configuration
+    t3 = {j.name for j in reg.plan(["T3"]).train_jobs}
+    t8 = {j.name for j in reg.plan(["T8"]).train_jobs}
+    assert any(n.endswith("-l0") for n in t3 & t8)
+
+
+def test_released_preset_uses_train_set_variant_and_lambda_grid() -> None:
+    from glocal_lib.config import load_preset, preset_info
+
+    reg = load_registry(profile="paper")
+    cells = reg.cells_for(reg.method("GlocalCLIP"), "GlocalCLIP", "industrial", "main", ["visa"])
+    (cell,) = cells
+    grid = preset_info("glocalclip-released")["lambda_grid"]["mvtec"]
+    assert cell.select_on_test and sorted(c.lam for c in cell.candidates) == sorted(grid)
+    for cand in cell.candidates:
+        cfg = load_preset("glocalclip-released", **cand.job.train.overrides_dict)
+        assert (cfg.normal_length, cfg.anomaly_length, cfg.deep_depth, cfg.deep_length) == (12, 13, 10, 2)
+        assert cfg.gcl_lambda == cand.lam
+    smoke = load_registry(profile="smoke")
+    (scell,) = smoke.cells_for(smoke.method("GlocalCLIP"), "GlocalCLIP", "industrial", "main", ["visa"])
+    assert sorted(c.lam for c in scell.candidates) == [0.0, 1.0]
+
+
+def test_paper_text_preset_varies_by_evaluation_set() -> None:
+    from glocal_lib.config import load_preset
+
+    reg = load_registry(profile="paper", glocal_preset="glocalclip-paper")
+    entry = reg.method("GlocalCLIP")
+    lam = {}
+    for ds in ("visa", "mpdd", "btad"):
+        (cell,) = reg.cells_for(entry, "GlocalCLIP", "industrial", "main", [ds])
+        assert not cell.select_on_test and len(cell.candidates) == 1
+        lam[ds] = load_preset("glocalclip-paper", **cell.candidates[0].job.train.overrides_dict).gcl_lambda
+    assert lam == {"visa": 0.0, "mpdd": 1.0, "btad": 0.0}
+    # visa and btad share one training run (same config on the same training set)
+    plan = reg.plan(["T1"])
+    assert len([j for j in plan.train_jobs if j.preset == "glocalclip-paper" and j.train_dataset == "mvtec"]) == 2
+
+
+def test_only_and_datasets_filters() -> None:
+    reg = load_registry(profile="smoke", datasets=["visa"])
+    assert reg.expand_ids(["F12-F14", "T1"]) == ["T1", "F12", "F13", "F14"]
+    plan = reg.plan(["T1"])
+    assert {j.dataset for j in plan.eval_jobs} == {"visa"}
+    assert {j.train_dataset for j in plan.train_jobs} == {"mvtec"}  # VisA is evaluated with MVTec-trained prompts
+    with pytest.raises(ConfigError, match="unknown artifact"):
+        reg.expand_ids(["T99"])
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        load_registry(profile="smoke", datasets=["nope"])
+    methods = load_registry(profile="smoke", methods=["GlocalCLIP"])
+    assert {j.method_preset for j in methods.plan(["T1"]).eval_jobs} == {"glocalclip-released"}
+
+
+def test_smoke_plan_stays_modest() -> None:
+    plan = load_registry(profile="smoke").plan()
+    assert len(plan.train_jobs) <= 40 and len(plan.eval_jobs) <= 140, plan.summary()
+
+
+# ------------------------------------------------------------------------------ paper values
+def test_packaged_paper_csvs_match_the_shared_transcriptions() -> None:
+    shared = paper_values.SIBLING_DIR
+    if not shared.is_dir():
+        pytest.skip(f"{shared} not present (clean install): the packaged copy is the only one")
+    for csv in sorted(paper_values.PACKAGED_DIR.glob("*.csv")):
+        assert filecmp.cmp(csv, shared / csv.name, shallow=False), csv.name
+
+
+def test_paper_values_lookup_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    df = paper_values.load_paper_table("glocalclip_table1.csv")
+    v = paper_values.lookup(df, table="Table 1", domain="industrial", dataset="MVTec AD", method="CLIP",
+                            level="image", metric="AUROC")
+    assert v == 83.3
+    assert paper_values.category_key("Metal nut") == "metal_nut"
+    (tmp_path / "glocalclip_table1.csv").write_text(
+        "paper,table,domain,dataset,category,method,level,metric,value,note\n"
+        "glocalclip,Table 1,industrial,MVTec AD,,CLIP,image,AUROC,-,printed dash\n")
+    monkeypatch.setenv("GLOCAL_PAPER_DIR", str(tmp_path))
+    df = paper_values.load_paper_table("glocalclip_table1.csv")
+    assert math.isnan(df["value"].iloc[0])
+
+
+# ---------------------------------------------------------------------------------- fake runs
+@pytest.fixture(scope="module")
+def fake_results(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    root = tmp_path_factory.mktemp("results") / "smoke"
+    profile = FakeProfile("smoke", root)
+    reg = load_registry(profile="smoke")
+    store = FakeStore(profile)
+    populate(reg, store)
+    return reg, store, root
+
+
+def _cell(df: pd.DataFrame, **kw: str) -> pd.Series:
+    sel = df
+    for k, v in kw.items():
+        sel = sel[sel[k] == v]
+    assert len(sel) == 1, kw
+    return sel.iloc[0]
+
+
+def test_comparison_table_puts_paper_beside_reproduced(fake_results: tuple) -> None:
+    reg, store, root = fake_results
+    table = tables.TableBuilder(reg, store).build("T1")
+    df = table.data
+    # zero-shot CLIP on VisA: exactly one run, value from its metrics.csv mean row
+    clip_visa = next(j for j in reg.plan(["T1"]).eval_jobs if j.train is None and j.dataset == "visa")
+    expected = 100 * np.mean([fake_value(clip_visa.name, c, "image_auroc") for c in ("candle", "pcb1")])
+    row = _cell(df, row="CLIP", dataset="VisA", metric="image_auroc")
+    assert row["reproduced"] == pytest.approx(expected)
+    assert row["paper"] == 71.7  # glocalclip_table1.csv, industrial VisA CLIP image AUROC
+    assert row["diff"] == pytest.approx(expected - 71.7)
+    # the Mean row: mean of our per-dataset values vs the printed mean
+    mean = _cell(df, row="CLIP", dataset="Mean", metric="image_auroc")
+    per_ds = df[(df["row"] == "CLIP") & (df["metric"] == "image_auroc") & (df["dataset"] != "Mean")]
+    assert mean["reproduced"] == pytest.approx(per_ds["reproduced"].mean())
+    assert mean["paper"] == 76.1
+    # a method not reimplemented: published value only
+    win = _cell(df, row="WinCLIP", dataset="MVTec AD", metric="image_auroc")
+    assert math.isnan(win["reproduced"]) and win["paper"] == 90.4
+
+
+def test_lambda_selected_on_test_is_the_best_and_marked(fake_results: tuple) -> None:
+    reg, store, root = fake_results
+    table = tables.TableBuilder(reg, store).build("T1")
+    (cell,) = reg.cells_for(reg.method("GlocalCLIP"), "GlocalCLIP", "industrial", "main", ["visa"])
+    metrics = ["image_auroc", "image_ap", "pixel_auroc", "aupro_cflow"]
+
+    def score(name: str) -> float:
+        return np.mean([np.mean([fake_value(name, c, m) for c in ("candle", "pcb1")]) for m in metrics])
+
+    best = max(cell.candidates, key=lambda c: score(c.job.name))
+    row = _cell(table.data, row="GlocalCLIP", dataset="VisA", metric="pixel_auroc")
+    assert row["selected_lambda"] == best.lam and bool(row["lambda_selected_on_test"])
+    assert row["reproduced"] == pytest.approx(100 * np.mean([fake_value(best.job.name, c, "pixel_auroc")
+                                                             for c in ("candle", "pcb1")]))
+    md = tables.to_markdown(table)
+    assert f"†λ={best.lam:g}" in md and "TEST set" in md
+
+
+def test_ablation_table_domain_means_and_paper_rows(fake_results: tuple) -> None:
+    reg, store, root = fake_results
+    table = tables.TableBuilder(reg, store).build("T7")
+    cells = reg.cells_for(reg.variant("anchor_local"), "anchor_local", "industrial", "ablation")
+    expected = np.mean([100 * np.mean([fake_value(c.candidates[0].job.name, cat, "image_ap")
+                                       for cat in ("candle", "pcb1")]) for c in cells])
+    row = _cell(table.data, row="LSP anchor", domain="industrial", metric="image_ap")
+    assert row["reproduced"] == pytest.approx(expected)
+    assert row["paper"] == 89.0 and row["diff"] == pytest.approx(expected - 89.0)
+    med = _cell(table.data, row="GSP anchor (+GCL (full GlocalCLIP))", domain="medical", metric="aupro_cflow")
+    assert med["paper"] == 75.0
+
+
+def test_every_table_writes_csv_md_html_with_provenance_and_smoke_label(fake_results: tuple) -> None:
+    reg, store, root = fake_results
+    indexes = {"sdd": pd.DataFrame({"image_path": ["a", "b", "c"], "category": ["x", "x", "x"],
+                                    "label": [0, 1, 1], "split": ["test"] * 3})}
+    built = tables.build_tables(reg, store, None, root / "tables", indexes)
+    assert sorted(built) == sorted(TABLE_IDS)
+    for aid in TABLE_IDS:
+        for ext in ("csv", "md", "html"):
+            text = (root / "tables" / f"{aid}.{ext}").read_text(encoding="utf-8")
+            assert SMOKE_LABEL.upper() in text.upper(), (aid, ext)
+            assert "profile" in text and "glocalclip-released" in text, (aid, ext)
+            assert "AUPRO" in text, (aid, ext)
+        prov = json.loads((root / "tables" / f"{aid}.provenance.json").read_text())
+        assert prov["profile"] == "smoke" and prov["banner"] == SMOKE_LABEL and "git_commit" in prov
+        if aid != "T5":
+            assert prov["run_ids"], aid
+        back = tables.read_table_csv(root / "tables" / f"{aid}.csv")
+        assert list(back.columns) == tables.LONG_COLUMNS
+        finite = back.dropna(subset=["reproduced", "paper"])
+        assert np.allclose(finite["diff"], finite["reproduced"] - finite["paper"], atol=1e-3)
+    t5 = tables.read_table_csv(root / "tables" / "T5.csv")
+    sdd = t5[t5["dataset"] == "SDD"].set_index("metric")
+    assert sdd.loc["test_normal", "reproduced"] == 1 and sdd.loc["test_anomalous", "reproduced"] == 2
+    assert sdd.loc["test_normal", "paper"] == 181 and sdd.loc["test_anomalous", "paper"] == 74
+
+
+def test_te_per_category_uses_anomalyclip_appendix(fake_results: tuple) -> None:
+    reg, store, root = fake_results
+    df = tables.TableBuilder(reg, store).build("TE").data
+    row = _cell(df, row="AnomalyCLIP", dataset="MVTec AD", category="metal_nut", metric="pixel_auroc")
+    paper = paper_values.load_paper_table("anomalyclip_appendix_mvtec_per_category.csv")
+    pub = paper[(paper["method"] == "AnomalyCLIP") & (paper["category"] == "Metal nut")
+                & (paper["level"] == "pixel") & (paper["metric"] == "AUROC")]["value"].iloc[0]
+    assert row["paper"] == pub and not math.isnan(row["reproduced"])
+    glocal = df[(df["row"] == "GlocalCLIP") & (df["dataset"] == "MVTec AD")]
+    assert glocal["paper"].isna().all()  # GlocalCLIP's appendix E is not in any source
+
+
+def test_tx_compares_released_and_paper_text(fake_results: tuple) -> None:
+    reg, store, root = fake_results
+    df = tables.TableBuilder(reg, store).build("TX").data
+    sections = list(dict.fromkeys(df["section"]))
+    assert len(sections) == 4 and any("cflow" in s for s in sections)
+    sub = df[(df["section"] == sections[0]) & (df["dataset"] == "VisA") & (df["metric"] == "image_auroc")]
+    a, b, d = (sub[sub["row"].str.startswith(p)]["reproduced"].iloc[0] for p in ("A:", "B:", "B −"))
+    assert d == pytest.approx(b - a)
+    assert bool(sub[sub["row"].str.startswith("A:")]["lambda_selected_on_test"].iloc[0])
+
+
+def test_missing_runs_are_reported_not_invented(tmp_path: Path) -> None:
+    reg = load_registry(profile="smoke")
+    store = FakeStore(FakeProfile("smoke", tmp_path))
+    populate(reg, store, ["T7"], skip={j.name for j in reg.plan(["T7"]).eval_jobs if "anchorlocal" in j.name})
+    df = tables.TableBuilder(reg, store).build("T7").data
+    assert df[df["row"] == "LSP anchor"]["reproduced"].isna().all()
+    assert df[df["row"] != "LSP anchor"]["reproduced"].notna().all()
+
+
+# ------------------------------------------------------------------------------------ figures
+def test_figures_png_pdf_with_provenance(fake_results: tuple) -> None:
+    reg, store, root = fake_results
+    ids = ["F3", "F4", "F5", "F8", "F9", "F11", "F12", "F36"]
+    figures.build_figures(reg, store, ids, root / "figures")
+    for aid in ids:
+        png, pdf = root / "figures" / f"{aid}.png", root / "figures" / f"{aid}.pdf"
+        assert png.stat().st_size > 5000 and pdf.stat().st_size > 2000
+        assert pdf.read_bytes()[:4] == b"%PDF"
+        prov = json.loads((root / "figures" / f"{aid}.provenance.json").read_text())
+        assert prov["banner"] == SMOKE_LABEL and prov["run_ids"], aid
+
+
+def test_umap_handles_a_two_epoch_run() -> None:
+    rng = np.random.default_rng(0)
+    pts = rng.normal(size=(12, 8)).astype(np.float32)  # 3 epochs (E0..E2) x 4 prompts
+    xy = figures.umap_2d(pts)
+    assert xy.shape == (12, 2) and np.isfinite(xy).all()
+    assert figures.umap_2d(pts[:3]).shape == (3, 2)
+
+
+# --------------------------------------------------------------------------------- index page
+def test_index_lists_every_artifact_with_relative_links(fake_results: tuple) -> None:
+    reg, store, root = fake_results
+    path = report.build_index(reg, root, store.profile)
+    text = path.read_text(encoding="utf-8")
+    assert "smoke-banner" in text and SMOKE_LABEL in text
+    for aid in ALL_IDS:
+        assert f"data-artifact='{aid}'" in text
+    assert "href='tables/T1.html'" in text and "/tmp" not in text.split("<main>")[1].split("runs:")[0]
+
+
+# ---------------------------------------------------------------------------------- notebooks
+def test_committed_notebooks_equal_the_generator_and_are_stripped() -> None:
+    for name in NOTEBOOK_ORDER:
+        path = REPO / "notebooks" / f"{name}.ipynb"
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        fresh = make_notebook(name)
+        assert [c.source for c in nb.cells] == [c.source for c in fresh.cells], (
+            f"{path} differs from glocal_lib.experiments.notebooks; run "
+            "`python -m glocal_lib.experiments.notebooks notebooks`")
+        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1
+        for key in ("profile", "preset", "datasets", "methods", "results_root", "data_root", "device", "precision"):
+            assert re.search(rf"^{key} = ", params[0].source, re.M), (name, key)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None
+
+
+def test_reproduce_cli_list_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from glocal_lib.experiments.reproduce import reproduce_cli, select_notebooks
+
+    assert reproduce_cli(["--profile", "smoke", "--only", "T7", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "anchorlocal" in out and "03_ablations" in out
+    reg = load_registry(profile="smoke")
+    assert select_notebooks(["F6"], reg) == ["00_data", "01_train", "02_evaluate", "04_prompt_umap",
+                                             "06_tables_report"]
+    assert select_notebooks(["T3"], reg) == ["00_data", "03_ablations", "06_tables_report"]
+    with pytest.raises(ConfigError):
+        reproduce_cli(["--only", "T42", "--list"])
+
+
+def test_failed_notebook_message_names_notebook_cell_and_log(tmp_path: Path) -> None:
+    from glocal_lib.experiments.reproduce import NotebookFailed, run_notebooks
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("x = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("y = x + 1"), nbformat.v4.new_code_cell("raise ValueError('boom')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(nb, src / "99_broken.ipynb")
+    with pytest.raises(NotebookFailed) as err:
+        run_notebooks(["99_broken"], {"x": 2}, tmp_path / "out", source_dir=src, echo=False)
+    msg = str(err.value)
+    assert "99_broken.ipynb" in msg and "cell" in msg and "boom" in msg
+    assert str(tmp_path / "out" / "logs" / "99_broken.log") in msg
+    assert (tmp_path / "out" / "notebooks" / "99_broken.ipynb").is_file()
