@@ -51,6 +51,9 @@ class ModelConfig:
     deep_depth: int = 9  # d: tensors injected before text blocks 2..d (d <= 1: none)
     deep_length: int = 4  # t: token positions 1..t replaced
     deep_fp16_rounding: bool = True  # released code casts the injected tensors to fp16
+    # released: deep prompts overwrite positions 1..t, i.e. the first t learnable context vectors
+    # from block 2 on (spec 9.5); False reserves t extra placeholder positions after SOS for them
+    deep_overwrites_context: bool = True
     unused_projection_dim: int = 896  # the released learner's d-1 unused Linear(Wt, 896) layers
 
     # --- vision (spec 2) ---
@@ -195,3 +198,14 @@ def variant_for(name: str, train_dataset: str | None = None, eval_dataset: str |
     variants = entry.get("variants") or {}
     wanted = {"train_dataset": train_dataset, "eval_dataset": eval_dataset}.get(key)
     return wanted if wanted in variants else None
+
+
+def load_preset_for(name: str, train_dataset: str | None = None, eval_dataset: str | None = None, *,
+                    path: str | Path = PRESETS_FILE, **overrides: Any) -> ModelConfig:
+    """load_preset with the variant the preset defines for this (train, eval) pair, if any.
+
+    For ``glocalclip-released`` the variant follows the training set; for ``glocalclip-paper`` it
+    follows the evaluation set (the paper tunes lengths / lambda per evaluation dataset, so its
+    training run depends on where it is evaluated).
+    """
+    return load_preset(name, variant_for(name, train_dataset, eval_dataset, path), path=path, **overrides)

@@ -33,4 +33,5 @@ def small_cfg(preset: str = "glocalclip-released", **overrides) -> ModelConfig:
 def tiny_model(cfg: ModelConfig | None = None, seed: int = 0, image_size: int = IMAGE_SIZE,
                backbone: str = BACKBONE) -> GlocalDetector:
     cfg = cfg or small_cfg()
-    return GlocalDetector(tiny_clip(backbone, seed), cfg, backbone=backbone, image_size=image_size, seed=seed)
+    return GlocalDetector(tiny_clip(backbone, seed), cfg, backbone=backbone, image_size=image_size, seed=seed,
+                          backbone_seed=seed)

@@ -90,7 +90,7 @@ def test_anomalyclip_official_round_trip(tmp_path):
     assert {"token_prefix_pos", "token_suffix_neg", "tokenized_prompts_pos", "compound_prompts_text.2",
             "compound_prompt_projections.2.bias"} <= set(sd)
     path = export_official(m, tmp_path / "ac.pth")
-    rebuilt = build_model(None, backbone=BACKBONE, checkpoint=path, image_size=IMAGE_SIZE, seed=1)
+    rebuilt = build_model(None, backbone=BACKBONE, checkpoint=path, image_size=IMAGE_SIZE, backbone_seed=1)
     assert rebuilt.cfg.method == "anomalyclip" and rebuilt.cfg.normal_length == 3
     assert rebuilt.cfg.deep_depth == 4 and rebuilt.cfg.deep_length == 2
     assert torch.equal(rebuilt.text_embeddings(), m.text_embeddings())
@@ -126,6 +126,7 @@ def test_our_checkpoint_rebuilds_the_model_alone(model, tmp_path):
     rebuilt = build_model(checkpoint=path)
     assert rebuilt.cfg == model.cfg and rebuilt.backbone_name == BACKBONE
     assert rebuilt.image_size == model.image_size and rebuilt.seed == model.seed
+    assert rebuilt.backbone_seed == model.backbone_seed == 3
     for (k, v), (k2, v2) in zip(model.clip.state_dict().items(), rebuilt.clip.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     assert torch.equal(rebuilt.text_embeddings(), model.text_embeddings())
@@ -133,5 +134,21 @@ def test_our_checkpoint_rebuilds_the_model_alone(model, tmp_path):
     torch.testing.assert_close(rebuilt.predict(images).maps, model.predict(images).maps)
     with pytest.raises(ConfigError, match="different config"):
         build_model(small_cfg(normal_length=4), checkpoint=path)
+    bf16 = build_model(model.cfg.replace(precision="bf16", sigma=2.0), checkpoint=path)
+    assert bf16.cfg.precision == "bf16" and torch.equal(bf16.prompts.ctx["global_normal"],
+                                                         model.prompts.ctx["global_normal"])
     with pytest.raises(ConfigError, match="official"):
         export_official(tiny_model(small_cfg(anomaly_position="front")), tmp_path / "x.pth")
+
+
+def test_prompt_seed_and_backbone_seed_are_separate():
+    a = build_model(small_cfg(), backbone=BACKBONE, image_size=IMAGE_SIZE, seed=1, backbone_seed=0)
+    b = build_model(small_cfg(), backbone=BACKBONE, image_size=IMAGE_SIZE, seed=2, backbone_seed=0)
+    c = build_model(small_cfg(), backbone=BACKBONE, image_size=IMAGE_SIZE, seed=1, backbone_seed=5)
+    d = build_model(small_cfg(), backbone=BACKBONE, image_size=IMAGE_SIZE, seed=5)  # default: backbone_seed = seed
+    assert all(torch.equal(v, c.clip.state_dict()[k]) for k, v in d.clip.state_dict().items())
+    sa, sb, sc = a.clip.state_dict(), b.clip.state_dict(), c.clip.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert not torch.equal(a.prompts.ctx["global_normal"], b.prompts.ctx["global_normal"])
+    assert torch.equal(a.prompts.ctx["global_normal"], c.prompts.ctx["global_normal"])

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from glocal_lib.config import ModelConfig, load_preset, preset_info, preset_names, variant_for
+from glocal_lib.config import (
+    ModelConfig,
+    load_preset,
+    load_preset_for,
+    preset_info,
+    preset_names,
+    variant_for,
+)
 from glocal_lib.errors import ConfigError
 
 
@@ -59,3 +66,10 @@ def test_round_trip_and_errors():
         load_preset("nope")
     with pytest.raises(ConfigError, match="attention"):
         ModelConfig(attention="xx")
+
+
+def test_load_preset_for_picks_the_variant():
+    assert load_preset_for("glocalclip-released", "mvtec", "visa").deep_depth == 10
+    assert load_preset_for("glocalclip-paper", "mvtec", "visa").gcl_lambda == 0.0
+    assert load_preset_for("glocalclip-paper", "clinicdb", "isic") == load_preset("glocalclip-paper")
+    assert load_preset_for("anomalyclip", "mvtec", "visa", sigma=8.0).sigma == 8.0

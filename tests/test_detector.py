@@ -178,3 +178,36 @@ def test_predict_text_cache_follows_parameter_updates():
     gpair, _ = model.text_pairs()
     g = f.global_emb / f.global_emb.norm(dim=-1, keepdim=True)
     torch.testing.assert_close(after, (g @ gpair.T / 0.07).softmax(-1)[:, 1])
+
+
+def test_aliased_layers_computed_once_give_the_same_maps(model):
+    assert model._unique_layers(torch.zeros(1, 4, 1, 1)) == [0, 0, 0, 0]  # released aliasing
+    true_layers = tiny_model(model.cfg.replace(alias_final_layer=False))
+    assert true_layers._unique_layers(torch.zeros(1, 4, 1, 1)) == [0, 1, 2, 3]
+    torch.manual_seed(0)
+    a = torch.randn(2, model.grid**2, 64)
+    f = VisionFeatures(torch.randn(2, 64), torch.stack([a] * 4, dim=1))
+    pred = model.predict(f, sigma=0)
+    lpair = model.text_embeddings()[2:]
+    p = _probs_of(model, a, lpair)
+    for i in range(4):
+        torch.testing.assert_close(pred.layer_maps[:, i], (p[:, 1] + 1 - p[:, 0]) / 2)
+    masks = (torch.rand(2, IMAGE_SIZE, IMAGE_SIZE) > 0.5).float()
+    out = model.compute_losses(f, torch.tensor([0, 1]), masks)
+    ref, _, _ = local_losses([p.clone() for _ in range(4)], masks)  # four separate computations
+    assert torch.equal(out["local"].detach(), ref)  # bit-identical to computing each layer
+
+
+def _probs_of(model, patch, lpair):
+    p = patch / patch.norm(dim=-1, keepdim=True)
+    s = (p @ lpair.detach().T / 0.07).softmax(-1)
+    g = model.grid
+    s = s.reshape(-1, g, g, 2).permute(0, 3, 1, 2)
+    return torch.nn.functional.interpolate(s, size=(model.image_size,) * 2, mode="bilinear", align_corners=False)
+
+
+def test_vision_signature_tracks_only_vision_settings(model):
+    sig = model.vision_signature()
+    assert sig == tiny_model(model.cfg.replace(gcl_lambda=0.0, normal_length=4)).vision_signature()
+    assert sig != tiny_model(model.cfg.replace(attention="qq")).vision_signature()
+    assert sig["feature_layers"] == [2, 4, 6, 8] and sig["vv_start_layer"] == 2

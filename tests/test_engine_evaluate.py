@@ -1,9 +1,12 @@
 """Evaluation runs: metrics equal an independent computation; eval levels; samples; resume.
 
 The acceptance test with teeth lives here too: prompts trained on the MVTec AD stand-in must raise
-pixel AUROC on a DIFFERENT stand-in (VisA) clearly above the untrained model's. Measured with this
-set-up (smoke profile, glocal-tiny-8 random backbone, 112 px, 2 epochs, seed 111): VisA pixel AUROC
-0.530 untrained -> 0.744 trained (+0.21); MPDD 0.60 -> 0.74. The test asks for +0.10.
+pixel AUROC on a DIFFERENT stand-in (VisA) clearly above the untrained model's. The untrained
+model's AUROC depends on its random initial prompts, so the baseline is the mean over four prompt
+initialisations. Measured (smoke profile: glocal-tiny-8 random backbone seed 0, 112 px, 2 epochs):
+untrained VisA pixel AUROC 0.359 / 0.404 / 0.371 / 0.735 for prompt seeds 1 / 2 / 3 / 111 (mean 0.467);
+trained (seed 1) 0.785; trained with seeds 2 / 3 / 111: 0.812 / 0.812 / 0.783 (MPDD: 0.66-0.68 trained,
+0.27-0.72 untrained). The test asks trained >= mean untrained + 0.15 and above every initialisation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from glocal_lib.metrics import image_metrics, pixel_metrics
 from glocal_lib.model import build_model
 
 VISA_CATS = ("candle", "capsules", "cashew")
+TRAIN_SEED = 1
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,8 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     base = shared_root(tmp_path_factory)
     prof = profile_at(base, "res-eval")
     data = {k: small_data(prof, k) for k in ("mvtec", "visa")}
-    train_dir = run_train(TrainSpec("glocal-mvtec", train_dataset="mvtec"), prof, progress=False, data=data["mvtec"])
+    train_dir = run_train(TrainSpec("glocal-mvtec", train_dataset="mvtec", seed=TRAIN_SEED), prof, progress=False,
+                          data=data["mvtec"])
     return prof, data, train_dir
 
 
@@ -43,14 +48,15 @@ def _mean(run_dir: Path, metric: str) -> float:
 
 def test_training_on_one_standin_improves_localisation_on_another(env) -> None:
     prof, data, train_dir = env
-    trained = run_eval(EvalSpec("trained@visa", "visa", train_run=train_dir), prof, progress=False,
-                       data=data["visa"])
-    untrained = run_eval(EvalSpec("untrained@visa", "visa", preset="glocalclip-released", variant="mvtec"),
-                         prof, progress=False, data=data["visa"])
-    before, after = _mean(untrained, "pixel_auroc"), _mean(trained, "pixel_auroc")
-    print(f"VisA stand-in pixel AUROC: untrained {before:.3f} -> trained on MVTec stand-in {after:.3f}")
-    assert after >= before + 0.10, (before, after)
-    assert after > 0.65
+    trained = _mean(run_eval(EvalSpec("trained@visa", "visa", train_run=train_dir), prof, progress=False,
+                             data=data["visa"]), "pixel_auroc")
+    untrained = [_mean(run_eval(EvalSpec(f"untrained{seed}@visa", "visa", preset="glocalclip-released",
+                                         variant="mvtec", seed=seed), prof, progress=False, data=data["visa"]),
+                       "pixel_auroc") for seed in (TRAIN_SEED, 2, 3, 111)]
+    print(f"VisA stand-in pixel AUROC: untrained {[round(u, 3) for u in untrained]} -> trained {trained:.3f}")
+    assert trained >= float(np.mean(untrained)) + 0.15, (untrained, trained)
+    assert trained > max(untrained), (untrained, trained)
+    assert trained > 0.7
 
 
 def test_metrics_equal_an_independent_computation(env) -> None:

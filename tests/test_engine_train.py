@@ -40,11 +40,13 @@ def test_cached_and_uncached_training_give_the_same_losses(base: Path) -> None:
     a, b = load_run(cached).losses(), load_run(live).losses()
     steps = 2 * -(-len(data.index) // 8)  # 2 epochs, last batch kept (drop_last False, as released)
     assert list(a["step"]) == list(range(1, steps + 1)) and list(a["epoch"]).count(2) == steps // 2
-    # fp32 cache: the same features, so the same losses up to float noise of batch composition
+    # fp32 cache: the same features up to float noise of batch composition (~1e-7), which Adam's
+    # normalised steps carry into the losses at ~1e-6 relative (1.9e-6 .. 6.8e-5 absolute measured
+    # over 15 epochs in results/benchmarks/engine.md)
     np.testing.assert_allclose(a[list(train_mod.LOSS_KEYS)].to_numpy(), b[list(train_mod.LOSS_KEYS)].to_numpy(),
-                               rtol=1e-5, atol=1e-6)
+                               rtol=1e-4, atol=1e-5)
     for p, q in zip(_prompts(cached), _prompts(live), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
     # and training moved the prompts and lowered nothing to NaN
     assert np.isfinite(a[list(train_mod.LOSS_KEYS)].to_numpy()).all()
 

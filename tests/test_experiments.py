@@ -297,7 +297,7 @@ def test_missing_runs_are_reported_not_invented(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ figures
 def test_figures_png_pdf_with_provenance(fake_results: tuple) -> None:
     reg, store, root = fake_results
-    ids = ["F3", "F4", "F5", "F8", "F9", "F11", "F12", "F36"]
+    ids = ["F3", "F4", "F5", "F9", "F11", "F12", "F36"]  # UMAP (F6-F8): test_umap_figure (slow: numba JIT)
     figures.build_figures(reg, store, ids, root / "figures")
     for aid in ids:
         png, pdf = root / "figures" / f"{aid}.png", root / "figures" / f"{aid}.pdf"
@@ -307,6 +307,16 @@ def test_figures_png_pdf_with_provenance(fake_results: tuple) -> None:
         assert prov["banner"] == SMOKE_LABEL and prov["run_ids"], aid
 
 
+@pytest.mark.slow
+def test_umap_figure_draws_every_epoch(fake_results: tuple) -> None:
+    reg, store, root = fake_results
+    figures.build_figures(reg, store, ["F8"], root / "figures")
+    prov = json.loads((root / "figures" / "F8.provenance.json").read_text())
+    assert len(prov["run_ids"]) == len(reg.umap_train_jobs("F8")) == 4  # ClinicDB + ColonDB x lambda {1, 0}
+    assert (root / "figures" / "F8.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
 def test_umap_handles_a_two_epoch_run() -> None:
     rng = np.random.default_rng(0)
     pts = rng.normal(size=(12, 8)).astype(np.float32)  # 3 epochs (E0..E2) x 4 prompts
@@ -376,3 +386,24 @@ def test_failed_notebook_message_names_notebook_cell_and_log(tmp_path: Path) -> 
     assert "99_broken.ipynb" in msg and "cell" in msg and "boom" in msg
     assert str(tmp_path / "out" / "logs" / "99_broken.log") in msg
     assert (tmp_path / "out" / "notebooks" / "99_broken.ipynb").is_file()
+
+
+def test_empty_selection_plans_nothing() -> None:
+    reg = load_registry(profile="smoke")
+    assert reg.expand_ids([]) == [] and not reg.plan([]).eval_jobs and not reg.plan([]).train_jobs
+
+
+@pytest.mark.slow
+def test_one_notebook_runs_alone_with_other_parameters(tmp_path: Path) -> None:
+    """02_evaluate for one dataset and one zero-shot method, through papermill, into a fresh results root."""
+    from glocal_lib.experiments.reproduce import run_notebooks
+
+    root = tmp_path / "smoke"
+    params = {"profile": "smoke", "datasets": ["sdd"], "methods": ["CLIP"], "only": ["T1"],
+              "results_root": str(root), "data_root": str(tmp_path / "data"), "cache_dir": str(tmp_path / "cache")}
+    run_notebooks(["02_evaluate"], params, root, echo=False)
+    runs = sorted(p.name for p in (root / "runs" / "eval").iterdir())
+    assert len(runs) == 1 and runs[0].startswith("clip-sdd-"), runs
+    assert (root / "runs" / "eval" / runs[0] / "DONE").is_file()
+    nb = nbformat.read(root / "notebooks" / "02_evaluate.ipynb", as_version=4)
+    assert nb.metadata["papermill"]["parameters"]["datasets"] == ["sdd"]

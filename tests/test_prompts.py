@@ -134,3 +134,19 @@ def test_init_is_seeded_normal_002(clip):
 def test_too_long_prompt_is_a_config_error(clip):
     with pytest.raises(ConfigError, match="tokens"):
         LearnedPrompts(small_cfg(normal_length=40, anomaly_length=40), 128, context_length=77)
+
+
+def test_reserved_deep_positions_keep_the_context(clip):
+    """deep_overwrites_context=False: t extra placeholders after SOS; context starts at 1 + t."""
+    n, a, t = 3, 2, 2
+    learner = _learner(small_cfg(normal_length=n, anomaly_length=a, deep_length=t,
+                                 deep_overwrites_context=False), clip)
+    emb, ids = learner(clip.token_embedding)
+    g = TOK.encode("G")[0]
+    assert ids[1, 1 : 1 + t + n + a].tolist() == [g] * (t + n + a)
+    tok = clip.token_embedding(ids)
+    assert torch.equal(emb[1, 1 : 1 + t], tok[1, 1 : 1 + t])  # reserved slots: placeholder embeddings
+    assert torch.equal(emb[1, 1 + t : 1 + t + n], learner.ctx["global_normal"])
+    assert torch.equal(emb[1, 1 + t + n : 1 + t + n + a], learner.ctx["global_anomaly"])
+    released = _learner(small_cfg(normal_length=n, anomaly_length=a, deep_length=t), clip)
+    assert int(released.token_ids()[1].argmax()) + t == int(ids[1].argmax())

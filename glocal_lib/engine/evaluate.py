@@ -27,6 +27,7 @@ from glocal_lib.engine.data_prep import DataInfo, prepare_data
 from glocal_lib.engine.features import FeatureCache, LiveFeatures, autocast
 from glocal_lib.engine.modeling import (
     AUTO,
+    backbone_seed,
     build_detector,
     config_from_dict,
     effective_sigma,
@@ -110,7 +111,8 @@ def eval_identity(spec: EvalSpec, profile: Profile, data: DataInfo) -> tuple[dic
     cfg, ckpt, part, seed = _model_setup(spec, profile)
     identity = {
         "kind": "eval", "profile": profile.name, **part, "model": cfg.to_dict(), "seed": seed,
-        "backbone": profile.backbone, "weights": weights_identity(profile.weights, profile.cache_dir),
+        "backbone": profile.backbone,
+        "backbone_seed": backbone_seed(profile, seed), "weights": weights_identity(profile.weights, profile.cache_dir),
         "image_size": profile.image_size, "dataset": spec.dataset, "index_hash": data.index_hash,
         "categories": list(spec.categories) if spec.categories else None,
         "sigma": effective_sigma(cfg, profile, spec.sigma),
@@ -212,7 +214,8 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
         source: Any = FeatureCache(profile.cache_dir, dtype=profile.cache_dtype).get(
             model, data, backbone=profile.backbone,
             weights_id=weights_identity(profile.weights, profile.cache_dir), device=device,
-            precision=precision, batch_size=bs, num_workers=profile.num_workers, progress=progress)
+            precision=precision, batch_size=profile.encode_batch_size or bs, num_workers=profile.num_workers,
+            progress=progress)
     else:
         source = LiveFeatures(model, data, device=device, precision=precision, num_workers=profile.num_workers)
     timing["features_s"] = time.perf_counter() - t0 - timing["model_build_s"]

@@ -54,11 +54,18 @@ def build_detector(cfg: Any, profile: Profile, *, seed: int, checkpoint: str | P
 
     torch.manual_seed(seed)
     model = build_model(cfg, backbone=profile.backbone, weights=profile.weights, device=profile.device,
-                        image_size=profile.image_size, seed=seed)
+                        image_size=profile.image_size, seed=seed, backbone_seed=backbone_seed(profile, seed))
     if checkpoint is not None:
         load_prompt_state(model, read_checkpoint(checkpoint), str(checkpoint))
     model.eval()
     return model
+
+
+def backbone_seed(profile: Profile, seed: int) -> int | None:
+    """Seed of the random backbone: the profile's fixed one, else the run seed; None with real weights."""
+    if profile.weights is not None:
+        return None
+    return profile.backbone_seed if profile.backbone_seed is not None else seed
 
 
 def prompt_names(model: Any, count: int) -> list[str]:

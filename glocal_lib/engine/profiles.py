@@ -49,6 +49,8 @@ class Profile:
     synthetic_image_size: int = 128
     samples_per_category: int = 2
     num_workers: int = 0
+    backbone_seed: int | None = None  # random backbone (weights None): fixed 'pretrained' tower; None = seed
+    encode_batch_size: int | None = None  # images per vision forward when filling the cache (None: eval_batch_size)
     torch_threads: int | None = None  # None: torch's default; 1 avoids oversubscription on shared small CPUs
 
     def apply_threads(self) -> None:

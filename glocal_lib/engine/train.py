@@ -21,7 +21,14 @@ import torch
 
 from glocal_lib.engine.data_prep import DataInfo, prepare_data
 from glocal_lib.engine.features import FeatureCache, LiveFeatures
-from glocal_lib.engine.modeling import AUTO, build_detector, model_config, prompt_names, resolve_variant
+from glocal_lib.engine.modeling import (
+    AUTO,
+    backbone_seed,
+    build_detector,
+    model_config,
+    prompt_names,
+    resolve_variant,
+)
 from glocal_lib.engine.profiles import Profile
 from glocal_lib.engine.runs import is_done, mark_done, run_id, run_lock, start_run, weights_identity
 from glocal_lib.errors import ConfigError
@@ -67,6 +74,7 @@ def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo) 
         "variant": resolve_variant(spec.preset, spec.variant, train_dataset=spec.train_dataset),
         "model": cfg.to_dict(),
         "backbone": profile.backbone,
+        "backbone_seed": backbone_seed(profile, spec.seed),
         "weights": weights_identity(profile.weights, profile.cache_dir),
         "image_size": profile.image_size,
         "train_dataset": spec.train_dataset,
@@ -128,7 +136,7 @@ def _feature_source(model: Any, data: DataInfo, profile: Profile, use_cache: boo
     cache = FeatureCache(profile.cache_dir, dtype=profile.cache_dtype)
     return cache.get(model, data, backbone=profile.backbone,
                      weights_id=weights_identity(profile.weights, profile.cache_dir), device=profile.device,
-                     precision=profile.precision, batch_size=profile.eval_batch_size,
+                     precision=profile.precision, batch_size=profile.encode_batch_size or profile.eval_batch_size,
                      num_workers=profile.num_workers, progress=progress)
 
 

@@ -77,7 +77,7 @@ class FigureBuilder:
         nrows = max(len(rows), 1)
         fig_h = 1.9 * nrows + 0.6
         fig, axes = plt.subplots(nrows, ncols, figsize=(max(1.9 * ncols, 5.0), fig_h), squeeze=False)
-        fig.subplots_adjust(top=1 - 0.55 / fig_h, bottom=0.02, hspace=0.12, wspace=0.06)
+        fig.subplots_adjust(top=1 - 0.8 / fig_h, bottom=0.02, hspace=0.12, wspace=0.06)
         for r, (label, cols) in enumerate(rows):
             for c in range(ncols):
                 ax = axes[r][c]
@@ -95,7 +95,7 @@ class FigureBuilder:
         if not rows:
             axes[0][0].text(0.5, 0.5, "no runs for this figure yet", ha="center", va="center")
             axes[0][0].axis("off")
-        fig.suptitle(title, fontsize=9, y=0.98)
+        fig.suptitle(title, fontsize=9, y=1 - 0.2 / fig_h)
         return fig
 
     def _sample_for(self, run: Any, *, image_path: str | None = None, category: str | None = None,

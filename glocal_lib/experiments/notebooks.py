@@ -21,14 +21,14 @@ NOTEBOOK_ORDER = ("00_data", "01_train", "02_evaluate", "03_ablations", "04_prom
 PARAMETERS = '''# Parameters (papermill overrides these; `glocal reproduce` passes its options here)
 profile = "smoke"                 # smoke (synthetic data, random tiny model, CPU) | paper (real data, ViT-L/14@336, GPU)
 preset = "glocalclip-released"    # GlocalCLIP preset: glocalclip-released (train.sh) | glocalclip-paper (paper text)
-datasets = None                   # e.g. ["visa"]: only these evaluation datasets; None = all
-methods = None                    # e.g. ["GlocalCLIP", "AnomalyCLIP"]: method columns of T1/T2/TE/F3; None = all
-only = None                       # artifact ids, e.g. ["T1", "F5"]; None = every artifact of this notebook
-results_root = None               # None = the profile's (results/<profile>)
-data_root = None                  # None = the profile's (smoke: generated stand-ins; paper: $GLOCAL_DATA_ROOT)
-cache_dir = None                  # None = the profile's feature cache
-device = None                     # None = the profile's (smoke: cpu, paper: cuda)
-precision = None                  # None = the profile's; fp32 | bf16 | fp16
+datasets = None                   # e.g. ["visa"]: only these evaluation datasets; None: all
+methods = None                    # e.g. ["GlocalCLIP", "AnomalyCLIP"]: method columns of T1/T2/TE/F3; None: all
+only = None                       # artifact ids, e.g. ["T1", "F5"]; None: every artifact of this notebook
+results_root = None               # None: the profile's (results/<profile>)
+data_root = None                  # None: the profile's (smoke: generated stand-ins; paper: $GLOCAL_DATA_ROOT)
+cache_dir = None                  # None: the profile's feature cache
+device = None                     # None: the profile's (smoke: cpu, paper: cuda)
+precision = None                  # None: the profile's; fp32 | bf16 | fp16
 progress = False                  # engine progress bars'''
 
 OPEN = '''from IPython.display import Markdown, display
@@ -50,7 +50,7 @@ SHOW_FIGURES = '''for aid in figures:
 
 NOTEBOOKS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "00_data": ("Data preparation: stand-ins (smoke) or validated dataset folders (paper), indexes, T5", [
-        ("code", '''data = repro.prepare_data()
+        ("code", '''data = repro.prepare_data(only)
 {k: (len(v.index), v.eval_level) for k, v in data.items()}'''),
         ("code", '''ids = repro.artifact_ids("00_data", only)
 tables = repro.build_tables(ids, data=data)'''),

@@ -71,24 +71,26 @@ class Reproduction:
         return self.registry.plan(ids)
 
     # --- work (delegated to the engine)
-    def prepare_data(self, keys: Sequence[str] | None = None) -> dict[str, Any]:
-        """Stand-ins (smoke) or validated real folders (paper) for every dataset the registry uses."""
+    def prepare_data(self, only: Sequence[str] | None = None, keys: Sequence[str] | None = None) -> dict[str, Any]:
+        """Stand-ins (smoke) or validated real folders (paper) for the datasets the artifacts use."""
         from glocal_lib.engine import prepare_data
 
-        keys = list(keys) if keys else [k for k in self._used_datasets() if self.registry.keep(k)]
+        if keys is None:
+            keys = self.datasets_for(only)
+        keys = list(keys)
         t = time.perf_counter()
         out = prepare_data(self.profile, keys)
         self.timings["prepare_data"] = time.perf_counter() - t
         return out
 
-    def _used_datasets(self) -> list[str]:
-        used: list[str] = []
-        for dom in ("industrial", "medical"):
-            for which in ("main", "ablation"):
-                for train, evals in self.registry.protocol(which, dom):
-                    used += [train, *evals]
-        t5 = self.registry.artifacts.get("T5", {}).get("datasets", [])
-        return list(dict.fromkeys(used + list(t5)))
+    def datasets_for(self, only: Sequence[str] | None = None) -> list[str]:
+        """Training and evaluation sets of the artifacts' runs, plus T5's datasets when T5 is asked for."""
+        ids = self.registry.expand_ids(only)
+        plan = self.plan(ids)
+        used = [j.train_dataset for j in plan.train_jobs] + [j.dataset for j in plan.eval_jobs]
+        if "T5" in ids:
+            used += [d for d in self.registry.artifact("T5")["datasets"] if self.registry.keep(d)]
+        return list(dict.fromkeys(used))
 
     def train(self, ids: Sequence[str]) -> list[Path]:
         """Train every run the artifacts need (finished runs are returned at once)."""

@@ -216,8 +216,11 @@ class Registry:
     def expand_ids(self, only: Iterable[str] | None) -> list[str]:
         """`--only T1,F5,F12-F36` -> ids in registry order (ranges like F12-F36 allowed)."""
         arts = self.artifacts
-        if not only:
+        if only is None:
             return list(arts)
+        only = list(only)
+        if not only:  # an explicit empty selection selects nothing (a notebook with no artifacts of its own)
+            return []
         wanted: set[str] = set()
         for item in only:
             item = item.strip()
@@ -425,7 +428,7 @@ class Registry:
         return out
 
     def plan(self, artifact_ids: Iterable[str] | None = None) -> Plan:
-        """Deduplicated jobs for the artifacts (all when None), in registry order."""
+        """Deduplicated jobs for the artifacts (all when None, none for []), in registry order."""
         ids = self.expand_ids(artifact_ids)
         plan = Plan(artifacts=ids)
         for aid in ids:

@@ -31,7 +31,9 @@ text-transform:uppercase;letter-spacing:.04em}
 .card .meta{font-size:11px;color:#666}.missing{color:#b00020;font-weight:600}
 .links a{margin-right:.6em;font-size:13px}table.summary{border-collapse:collapse;font-size:13px}
 table.summary td,table.summary th{border:1px solid #ddd;padding:3px 8px;text-align:left}
-h2{border-bottom:2px solid #1f3b57;padding-bottom:.2em}"""
+h2{border-bottom:2px solid #1f3b57;padding-bottom:.2em}
+nav{margin:.6em 0;line-height:1.8}table.headline{margin:.4em 0;font-size:12px}
+table.headline caption{text-align:left;font-weight:600}"""
 
 
 def _prov(path: Path) -> dict[str, Any] | None:
@@ -55,15 +57,34 @@ def _card(root: Path, aid: str, art: dict[str, Any], is_table: bool) -> tuple[st
         meta = (f"profile {html.escape(prov['profile'])} · preset {html.escape(prov['glocalclip_preset'])} · "
                 f"commit {html.escape(str(prov['git_commit'])[:10])} · {len(prov['run_ids'])} runs · "
                 f"{html.escape(prov['created'])}")
-        runs = html.escape(", ".join(prov["run_ids"][:6]) + (" …" if len(prov["run_ids"]) > 6 else ""))
+        runs = html.escape(", ".join(prov["run_ids"][:3]) + (" …" if len(prov["run_ids"]) > 3 else ""))
         meta += f"<br><span title='{html.escape(', '.join(prov['run_ids']))}'>runs: {runs or '—'}</span>"
     else:
         meta = "<span class='missing'>not generated yet</span>"
+    headline = _headline(root / folder / f"{aid}.csv") if is_table and art["kind"] == "comparison_table" else ""
     body = (f"<div class='card' id='{html.escape(aid)}' data-artifact='{html.escape(aid)}'>"
             f"<h3><span class='id'>{html.escape(aid)}</span> {html.escape(art.get('title', ''))}</h3>"
-            f"{thumb}<div class='links'>{links or '<span class=missing>missing</span>'}</div>"
+            f"{thumb}{headline}<div class='links'>{links or '<span class=missing>missing</span>'}</div>"
             f"<div class='meta'>{meta}</div></div>")
     return body, present
+
+
+def _headline(csv: Path, method: str = "GlocalCLIP") -> str:
+    """GlocalCLIP's Mean row of a comparison table: reproduced / published (difference) per metric."""
+    if not csv.is_file():
+        return ""
+    from glocal_lib.experiments.tables import METRIC_LABELS, cell_text, read_table_csv
+
+    try:
+        df = read_table_csv(csv)
+    except (OSError, ValueError):
+        return ""
+    rows = df[(df["row"] == method) & (df["dataset"] == "Mean")]
+    if rows.empty:
+        return ""
+    items = "".join(f"<tr><td>{html.escape(METRIC_LABELS.get(r['metric'], r['metric']))}</td>"
+                    f"<td>{html.escape(cell_text(r))}</td></tr>" for _, r in rows.iterrows())
+    return f"<table class='summary headline'><caption>{html.escape(method)}, Mean</caption>{items}</table>"
 
 
 def build_index(registry: Registry, root: str | Path, profile: Any, title: str = "GlocalCLIP reproduction") -> Path:
@@ -91,10 +112,14 @@ def build_index(registry: Registry, root: str | Path, profile: Any, title: str =
         f"<p><span id='artifact-count'>{n_present} of {len(arts)}</span> artifacts generated · "
         "each table cell: reproduced / published (difference); † = lambda picked on that dataset's test set "
         "(released script)</p></header><main>",
+        "<nav class='links'>" + " ".join(f"<a href='#{html.escape(a)}'>{html.escape(a)}</a>" for a in arts) + "</nav>",
         "<h2 id='tables'>Tables</h2><div class='grid'>", *table_cards, "</div>",
         "<h2 id='figures'>Figures</h2><div class='grid'>", *figure_cards, "</div>",
         f"<h2 id='notebooks'>Executed notebooks</h2><p class='links'>{nb_links}</p>",
         f"<h2>Notes</h2><p>{html.escape(prov_mod.AUPRO_NOTE)}.</p><p>{html.escape(prov_mod.LAMBDA_NOTE)}.</p>",
+        f"<p>Regenerate: <code>glocal reproduce --profile {profile_name}</code> (add <code>--only T1,F5</code> or "
+        "<code>--datasets visa</code> for a subset). Each table and figure carries its provenance: profile, "
+        "presets, code commit and the run ids it was read from.</p>",
         "</main></body></html>",
     ]
     return atomic_write_text(root / "index.html", "\n".join(parts))

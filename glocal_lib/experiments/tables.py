@@ -34,6 +34,7 @@ LONG_COLUMNS = ["artifact", "section", "domain", "row", "dataset", "category", "
                 "paper", "diff", "selected_lambda", "lambda_selected_on_test", "run_ids", "note"]
 LEGEND = "each cell: reproduced / published (reproduced − published); — = no value"
 MARK = "†"
+DIFF_NOTE = "difference of the two settings (B − A)"
 
 
 @dataclass
@@ -262,7 +263,7 @@ class TableBuilder:
                         out.append(_row(aid, row=f"B: {lb}", reproduced=vb, paper=pv, selected_lambda=_lam(rb),
                                         lambda_selected_on_test=rb.select_on_test, run_ids=" ".join(rb.run_ids),
                                         **common))
-                        out.append(_row(aid, row="B − A", reproduced=vb - va, note="difference of the two settings",
+                        out.append(_row(aid, row="B − A", reproduced=vb - va, note=DIFF_NOTE,
                                         **common))
         self._notes.append(f"published column = {pcfg['method']} in {pcfg['file']} ({pcfg['table']}), "
                            "the released script's best-lambda-on-test numbers")
@@ -324,7 +325,9 @@ def _fmt_num(v: float, digits: int = 1) -> str:
 
 def cell_text(r: pd.Series, digits: int = 1) -> str:
     """'71.2† / 83.3 (-12.1)': reproduced (mark = lambda picked on test) / published (difference)."""
-    mark = MARK if bool(r.get("lambda_selected_on_test")) else ""
+    if r.get("note") == DIFF_NOTE:
+        return "—" if pd.isna(r["reproduced"]) else f"{r['reproduced']:+.{digits}f}"
+    mark = MARK if bool(r.get("lambda_selected_on_test")) and not pd.isna(r["reproduced"]) else ""
     if mark and not pd.isna(r.get("selected_lambda")):
         mark += f"λ={r['selected_lambda']:g}"
     text = f"{_fmt_num(r['reproduced'], digits)}{mark} / {_fmt_num(r['paper'], digits)}"

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ..config import ModelConfig, load_preset
-from ..errors import ConfigError
+from ..errors import ConfigError, WeightsError
 from .backbone import load_clip
 from .checkpoint import (
     checkpoint_kind,
@@ -19,6 +19,8 @@ from .checkpoint import (
 from .detector import GlocalDetector
 
 OFFICIAL_PRESETS = {"glocalclip": "glocalclip-released", "anomalyclip": "anomalyclip"}
+# fields that change how a trained model is evaluated, not what its checkpoint holds
+INFERENCE_ONLY_FIELDS = ("precision", "sigma", "map_reduction")
 
 
 def build_model(
@@ -29,6 +31,7 @@ def build_model(
     device: str = "cpu",
     image_size: int | None = None,
     seed: int | None = None,
+    backbone_seed: int | None = None,
     weights_dir: str | os.PathLike[str] | None = None,
     allow_download: bool = False,
 ) -> GlocalDetector:
@@ -41,8 +44,10 @@ def build_model(
         own) or an official ``{"prompt_learner": ...}`` file (config inferred from its shapes when
         ``cfg`` is None; a given ``cfg`` must agree with it).
     image_size: input size S (None: the checkpoint's, else the backbone's native size).
-    seed: seeds the random backbone (weights None) and the initial prompt vectors (None: the
-        checkpoint's seed, else 0).
+    seed: seeds the initial prompt vectors (None: the checkpoint's seed, else 0).
+    backbone_seed: seeds the random backbone when weights is None (None: the checkpoint's, else
+        ``seed``). Pass a fixed value (e.g. 0) so that a prompt-seed sweep keeps the same stand-in
+        "pretrained" CLIP.
     """
     if isinstance(cfg, str):
         cfg = load_preset(cfg)
@@ -52,19 +57,25 @@ def build_model(
         ckpt = load_torch_file(checkpoint)
         kind = checkpoint_kind(ckpt)
         if kind == "unknown":
-            raise ConfigError(f"{checkpoint}: neither a glocal_lib checkpoint nor an official "
+            raise WeightsError(f"{checkpoint}: neither a glocal_lib checkpoint nor an official "
                               "{'prompt_learner': ...} file")
     if kind == "ours":
-        saved = ModelConfig.from_dict(ckpt["config"])
-        if cfg is not None and cfg.to_dict() != saved.to_dict():
+        try:
+            saved = ModelConfig.from_dict(ckpt["config"])
+        except ConfigError as exc:
+            raise ConfigError(f"{checkpoint}: its saved config is not valid for this version: {exc}") from exc
+        if cfg is not None:
             diff = sorted(k for k, v in cfg.to_dict().items() if saved.to_dict().get(k) != v)
-            raise ConfigError(f"{checkpoint} was saved with a different config (fields {diff}); "
-                              "pass cfg=None to use the checkpoint's")
-        cfg = saved
+            if set(diff) - set(INFERENCE_ONLY_FIELDS):
+                raise ConfigError(f"{checkpoint} was saved with a different config (fields {diff}); "
+                                  "pass cfg=None to use the checkpoint's, or change only "
+                                  f"{list(INFERENCE_ONLY_FIELDS)}")
+        cfg = cfg if cfg is not None else saved
         backbone = backbone or ckpt.get("backbone")
         weights = weights if weights is not None else ckpt.get("weights")
         image_size = image_size or ckpt.get("image_size")
         seed = seed if seed is not None else ckpt.get("seed")
+        backbone_seed = backbone_seed if backbone_seed is not None else ckpt.get("backbone_seed")
     elif kind == "official":
         implied = infer_official_config(ckpt["prompt_learner"], str(checkpoint))
         if cfg is None:
@@ -72,12 +83,13 @@ def build_model(
     if cfg is None:
         cfg = load_preset("glocalclip-released")
     seed = 0 if seed is None else int(seed)
+    backbone_seed = seed if backbone_seed is None else int(backbone_seed)
     if kind == "official":
         official_flavour(cfg)  # clear ConfigError before loading a large backbone
-    clip = load_clip(backbone, weights, device=device, seed=seed, weights_dir=weights_dir,
+    clip = load_clip(backbone, weights, device=device, seed=backbone_seed, weights_dir=weights_dir,
                      allow_download=allow_download)
     model = GlocalDetector(clip, cfg, backbone=backbone, image_size=image_size, seed=seed,
-                           weights=None if weights is None else str(weights))
+                           backbone_seed=backbone_seed, weights=None if weights is None else str(weights))
     if kind == "ours":
         load_prompt_state(model, ckpt, str(checkpoint))
     elif kind == "official":

@@ -67,6 +67,7 @@ def checkpoint_dict(model: GlocalDetector, extra: dict[str, Any] | None = None) 
         "weights": None if model.weights is None else str(model.weights),
         "image_size": model.image_size,
         "seed": model.seed,
+        "backbone_seed": model.backbone_seed,
         "prompt_names": list(model.prompt_names),
         "prompts": {k: v.detach().cpu().clone() for k, v in model.prompts.state_dict().items()},
         "deep": None if model.deep is None else {k: v.detach().cpu().clone()
@@ -126,6 +127,9 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source
 # ---- official format ---------------------------------------------------------------------------
 def official_flavour(cfg: ModelConfig) -> str:
     """'glocalclip' or 'anomalyclip': which released prompt learner this config corresponds to."""
+    if not cfg.deep_overwrites_context and cfg.has_deep_prompts:
+        raise ConfigError("deep_overwrites_context=False has no official checkpoint format "
+                          "(the released learners let deep prompts overwrite the context)")
     if cfg.method == "glocalclip" and cfg.glocal and cfg.semantic and cfg.anomaly_position == "back":
         return "glocalclip"
     if cfg.method == "anomalyclip" and not cfg.glocal and not cfg.semantic \
@@ -152,7 +156,7 @@ def official_state_dict(model: GlocalDetector) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         tok = model.clip.token_embedding(ids.to(model.device)).detach().cpu()
     for suffix, i in buf_map:
-        k = learner.layouts[i].n_learnable
+        k = learner.layouts[i].n_learnable  # reserved == 0 here (official_flavour checked it)
         sd[f"token_prefix_{suffix}"] = tok[i, :1].reshape(1, 1, 1, -1).clone()
         sd[f"token_suffix_{suffix}"] = tok[i, 1 + k :].reshape(1, 1, tok.shape[1] - 1 - k, -1).clone()
     for suffix, i in buf_map:

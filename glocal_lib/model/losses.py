@@ -68,7 +68,9 @@ def local_losses(layer_probs: Sequence[torch.Tensor] | torch.Tensor, masks: torc
     """Local loss over layers; ``layer_probs`` (B, nL, 2, H, W) or a list of (B, 2, H, W).
 
     Returns (local, focal_sum, dice_sum). ``local`` accumulates focal, dice(anomaly),
-    dice(normal) layer after layer, in the released code's order of float additions.
+    dice(normal) layer after layer, in the released code's order of float additions. A layer given
+    as the very same tensor object as an earlier one (aliased layers) reuses that layer's terms:
+    identical inputs give identical terms, so this is exact and saves the repeated work.
     """
     if isinstance(layer_probs, torch.Tensor):
         layer_probs = list(layer_probs.unbind(dim=1))
@@ -76,10 +78,12 @@ def local_losses(layer_probs: Sequence[torch.Tensor] | torch.Tensor, masks: torc
     local = layer_probs[0].new_zeros(())
     focal = layer_probs[0].new_zeros(())
     dice = layer_probs[0].new_zeros(())
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     for probs in layer_probs:
-        f = focal_loss(probs, target, gamma)
-        d_anomaly = dice_loss(probs[:, 1], target)
-        d_normal = dice_loss(probs[:, 0], 1.0 - target)
+        if id(probs) not in seen:
+            seen[id(probs)] = (focal_loss(probs, target, gamma), dice_loss(probs[:, 1], target),
+                               dice_loss(probs[:, 0], 1.0 - target))
+        f, d_anomaly, d_normal = seen[id(probs)]
         local = local + f + d_anomaly + d_normal
         focal = focal + f
         dice = dice + d_anomaly + d_normal

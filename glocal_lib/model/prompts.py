@@ -61,13 +61,19 @@ class PromptLayout:
     state: str  # e.g. "{}" or "damaged {}"
     placeholder: str  # one-token word standing in for each learnable vector
     slots: tuple[tuple[str, int, int], ...]
+    reserved: int = 0  # extra placeholder positions right after SOS kept for the deep prompts
 
     @property
     def n_learnable(self) -> int:
         return sum(stop - start for _, start, stop in self.slots)
 
+    @property
+    def first(self) -> int:
+        """Position of the first learnable vector (1 = right after SOS, released)."""
+        return 1 + self.reserved
+
     def text(self, class_name: str) -> str:
-        words = [self.placeholder] * self.n_learnable + [self.state.format(class_name) + "."]
+        words = [self.placeholder] * (self.reserved + self.n_learnable) + [self.state.format(class_name) + "."]
         return " ".join(words)
 
 
@@ -80,6 +86,7 @@ def glocal_layouts(cfg: ModelConfig) -> list[PromptLayout]:
     before (front) or inside (middle: after the first n//2 normal vectors) the normal ones.
     """
     n, a = cfg.normal_length, cfg.anomaly_length
+    reserved = 0 if (cfg.deep_overwrites_context or not cfg.has_deep_prompts) else cfg.deep_length
     if cfg.method == "glocalclip" and cfg.glocal:
         branches = [("global_", "G"), ("local_", "L")]
     elif cfg.method == "glocalclip":
@@ -89,7 +96,7 @@ def glocal_layouts(cfg: ModelConfig) -> list[PromptLayout]:
     layouts = []
     for prefix, word in branches:
         normal, anomaly = f"{prefix}normal", f"{prefix}anomaly"
-        layouts.append(PromptLayout(normal, cfg.normal_state, word, ((normal, 0, n),)))
+        layouts.append(PromptLayout(normal, cfg.normal_state, word, ((normal, 0, n),), reserved))
         if not cfg.semantic:
             slots: tuple[tuple[str, int, int], ...] = ((anomaly, 0, a),)
         elif a == 0:
@@ -101,7 +108,7 @@ def glocal_layouts(cfg: ModelConfig) -> list[PromptLayout]:
         else:
             h = n // 2
             slots = tuple(s for s in ((normal, 0, h), (anomaly, 0, a), (normal, h, n)) if s[2] > s[1])
-        layouts.append(PromptLayout(anomaly, cfg.anomaly_state, word, slots))
+        layouts.append(PromptLayout(anomaly, cfg.anomaly_state, word, slots, reserved))
     return layouts
 
 
@@ -151,7 +158,7 @@ class LearnedPrompts(nn.Module):
                     word_ids[lay.placeholder] = tokenizer().encode(lay.placeholder)
                     if len(word_ids[lay.placeholder]) != 1:
                         raise ConfigError(f"placeholder {lay.placeholder!r} is not a single BPE token")
-                k = lay.n_learnable
+                k = lay.reserved + lay.n_learnable
                 if not bool((ids[1 : 1 + k] == word_ids[lay.placeholder][0]).all()):
                     raise ConfigError(f"placeholder tokens of prompt {lay.name!r} merged with the text")
                 rows.append(ids)
@@ -166,9 +173,9 @@ class LearnedPrompts(nn.Module):
         tok = token_embedding(ids)
         rows = []
         for i, lay in enumerate(self.layouts):
-            pieces = [tok[i, :1]]
+            pieces = [tok[i, : lay.first]]
             pieces += [self.ctx[pname][start:stop].to(tok.dtype) for pname, start, stop in lay.slots]
-            pieces.append(tok[i, 1 + lay.n_learnable :])
+            pieces.append(tok[i, lay.first + lay.n_learnable :])
             rows.append(torch.cat(pieces, dim=0))
         return torch.stack(rows), ids
 

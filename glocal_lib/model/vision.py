@@ -136,6 +136,7 @@ class DualPathVisionEncoder(nn.Module):
             )
         patches = images[:, :, : g * p, : g * p].reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
         weight = v.conv1.weight
+        patches = patches.to(weight.dtype)  # as the released `image.type(self.dtype)`; autocast still applies
         x = patches.reshape(b, g * g, c * p * p) @ weight.reshape(weight.shape[0], -1).transpose(0, 1)
         cls = v.class_embedding.to(x.dtype).expand(b, 1, -1)
         pos = resize_positional_embedding(v.positional_embedding, g)
