@@ -1,0 +1,108 @@
+"""Build, write and read the unified index (a CSV kept OUTSIDE the dataset tree).
+
+The released scripts write ``meta.json`` into the dataset root; a second run then sees it as a
+class folder (AnomalyCLIP's br35h/covid scripts crash). Our index therefore lives elsewhere by
+default: ``$GLOCAL_INDEX_DIR`` or ``~/.cache/glocal_repro/index/<key>-<hash of root>.csv``, and
+``write_index`` refuses a path inside the dataset root unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import pandas as pd
+
+from glocal_lib.data.converters import INDEX_COLUMNS, convert
+from glocal_lib.data.issues import ERROR, format_issues, raise_if_errors
+from glocal_lib.data.registry import load_manifest
+from glocal_lib.errors import DataError
+from glocal_lib.io import atomic_save_with, stable_hash
+
+PathLike = str | os.PathLike[str]
+
+
+class DataWarning(UserWarning):
+    """Doubtful but usable dataset content (stray files, missing train/ folders...)."""
+
+
+def build_index(key: str, root: PathLike, strict: bool = True, categories: list[str] | None = None
+                ) -> pd.DataFrame:
+    """Index the test split of dataset ``key`` stored in its native layout under ``root``.
+
+    Raises DataError listing every error (missing masks, unpaired masks, forbidden folders...) when
+    ``strict``; warnings are summarised in one DataWarning. No image is opened. ``categories``
+    restricts the index to some categories.
+    """
+    m = load_manifest(key)
+    df, issues = convert(m, root, categories)
+    if len(df) == 0 and any(i.severity == ERROR for i in issues):
+        raise DataError(f"no test images found for {m.name} under {root}:\n{format_issues(issues, 5)}\n"
+                        f"{m.how_to_get()}")
+    if strict:
+        raise_if_errors(issues, f"dataset {m.key!r} at {root}")
+    others = [i for i in issues if i.severity != ERROR]
+    if others:
+        warnings.warn(f"{len(others)} warning(s) while indexing {m.key!r} at {root}:\n{format_issues(others, 5)}",
+                      DataWarning, stacklevel=2)
+    return df
+
+
+def default_index_path(key: str, root: PathLike) -> Path:
+    """Where an index is stored when no path is given: outside any dataset tree."""
+    base = os.environ.get("GLOCAL_INDEX_DIR")
+    folder = Path(base) if base else Path.home() / ".cache" / "glocal_repro" / "index"
+    return folder / f"{key}-{stable_hash(str(Path(root).resolve()))}.csv"
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def write_index(df: pd.DataFrame, path: PathLike, root: PathLike | None = None,
+                allow_inside_root: bool = False) -> Path:
+    """Write an index as CSV atomically; refuses to write inside ``root`` (the data tree) by default."""
+    path = Path(path)
+    if root is not None and not allow_inside_root and _inside(path, Path(root)):
+        raise DataError(f"refusing to write the index {path} inside the dataset folder {root}: index files in the "
+                        "data tree are picked up as data by the released scripts. Choose a path outside it.")
+    check_index_frame(df, str(path))
+    return atomic_save_with(path, lambda p: df[INDEX_COLUMNS].to_csv(p, index=False))
+
+
+def is_absolute(p: str) -> bool:
+    return bool(p) and (PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute())
+
+
+def check_index_frame(df: pd.DataFrame, where: str) -> None:
+    """Columns present, labels 0/1, paths relative: the invariants every consumer relies on."""
+    missing = [c for c in INDEX_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"index {where} lacks columns {missing}; rebuild it with `glocal data index`.")
+    bad = ~df["label"].isin([0, 1])
+    if bad.any():
+        raise DataError(f"index {where}: labels must be 0 or 1 (row {int(bad.idxmax())}); rebuild the index.")
+    absolute = [p for p in pd.concat([df["image_path"], df["mask_path"]]) if is_absolute(p)]
+    if absolute:
+        raise DataError(f"index {where} holds absolute paths (e.g. {absolute[0]}); paths must be relative to the "
+                        "dataset root. Rebuild it, or read meta.json with read_meta_json (it makes them relative).")
+
+
+def read_index(path: PathLike) -> pd.DataFrame:
+    """Read an index written by write_index (strings stay strings: BTAD's '01' is not 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"index file not found: {path}; create it with `glocal data index <dataset> --root PATH`.")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "label" in df.columns:
+        try:
+            df["label"] = df["label"].astype("int64")
+        except ValueError as err:
+            raise DataError(f"index {path}: non-integer label ({err}); rebuild the index.") from None
+    check_index_frame(df, str(path))
+    return df[INDEX_COLUMNS].reset_index(drop=True)

@@ -1,0 +1,204 @@
+"""Dataset manifests: the facts about each dataset, stored as data (YAML), not code.
+
+Where manifests are found (first hit wins):
+
+1. ``$GLOCAL_MANIFESTS`` (a folder of ``<key>.yaml``), for users who keep edited copies;
+2. the repository's top-level ``data_manifests/`` when running from a checkout or an editable
+   install (the canonical copy, the one to edit);
+3. the packaged copy ``glocal_lib/data/manifests/`` that ships inside the wheel (package data).
+
+The packaged copy is regenerated from the canonical one with
+``python -m glocal_lib.data.sync_manifests``; a test fails when the two differ, so a wheel never
+ships stale facts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from glocal_lib.errors import DataError
+from glocal_lib.io import read_yaml
+
+DATASET_KEYS: tuple[str, ...] = (
+    "mvtec", "visa", "mpdd", "btad", "sdd", "dtd", "headct", "brainmri", "br35h", "isic", "colondb",
+    "clinicdb", "kvasir", "endo", "tn3k", "dagm", "covid19",
+)
+ENV_VAR = "GLOCAL_MANIFESTS"
+PACKAGED_DIR = Path(__file__).resolve().parent / "manifests"
+REPO_DIR = Path(__file__).resolve().parents[2] / "data_manifests"
+EVAL_LEVELS = ("image", "pixel", "both")
+
+
+def manifest_dir() -> Path:
+    """The folder manifests are read from (see the module docstring for the order)."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        path = Path(env)
+        if not path.is_dir():
+            raise DataError(f"{ENV_VAR}={env} is not a folder; unset it or point it at a data_manifests/ copy.")
+        return path
+    if (REPO_DIR / "mvtec.yaml").is_file():
+        return REPO_DIR
+    if (PACKAGED_DIR / "mvtec.yaml").is_file():
+        return PACKAGED_DIR
+    raise DataError(
+        f"no dataset manifests found in {REPO_DIR} or {PACKAGED_DIR}; reinstall the package "
+        f"or set {ENV_VAR} to a folder of <key>.yaml manifests."
+    )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One dataset's manifest; ``data`` is the YAML as loaded, properties give the parts code uses."""
+
+    key: str
+    path: Path
+    data: dict[str, Any] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name", self.key))
+
+    @property
+    def released_key(self) -> str:
+        return str(self.data["released_key"])
+
+    @property
+    def eval_level(self) -> str:
+        return str(self.data["eval_level"])
+
+    @property
+    def has_masks(self) -> bool:
+        return bool(self.data["masks"]["present"])
+
+    @property
+    def pixel_level(self) -> bool:
+        return self.eval_level in ("pixel", "both")
+
+    @property
+    def layout(self) -> dict[str, Any]:
+        return dict(self.data["layout"])
+
+    @property
+    def converter(self) -> str:
+        return str(self.data["layout"]["converter"])
+
+    @property
+    def categories(self) -> list[str]:
+        return [str(c["name"]) for c in self.data["categories"]]
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self.data.get("source", {}).get("urls", []))
+
+    def expected_counts(self) -> pd.DataFrame:
+        """Per-category test counts (``<NA>`` where the manifest does not know them)."""
+        rows = [(str(c["name"]), c.get("test_normal"), c.get("test_anomalous")) for c in self.data["categories"]]
+        df = pd.DataFrame(rows, columns=["category", "test_normal", "test_anomalous"])
+        return df.astype({"test_normal": "Int64", "test_anomalous": "Int64"})
+
+    def expected_totals(self) -> tuple[int, int]:
+        t = self.data["totals"]
+        return int(t["test_normal"]), int(t["test_anomalous"])
+
+    def how_to_get(self) -> str:
+        """Human text naming the layout and the download places, used in missing-folder errors."""
+        tree = self.layout.get("tree", "").rstrip()
+        urls = "\n".join(f"    {u}" for u in self.urls) or "    (no known source)"
+        note = self.data.get("source", {}).get("note")
+        variants = [f"    {v['name']} (recognised by {v['detect']}/)" for v in self.layout.get("variants") or []]
+        if variants:
+            tree += "\n  Also accepted:\n" + "\n".join(variants)
+        return (
+            f"Expected layout for {self.name} (key '{self.key}', released code: --dataset {self.released_key}, "
+            f"root {self.data.get('released_root')}):\n"
+            + "\n".join(f"    {line}" for line in tree.splitlines())
+            + f"\n  Download from:\n{urls}" + (f"\n  Note: {note}" if note else "")
+        )
+
+
+def _check(data: Any, key: str, path: Path) -> dict[str, Any]:
+    need = ("key", "released_key", "eval_level", "layout", "masks", "categories", "totals")
+    if not isinstance(data, dict) or any(k not in data for k in need):
+        raise DataError(f"manifest {path} is not a valid dataset manifest (needs keys {', '.join(need)}).")
+    if data["key"] != key:
+        raise DataError(f"manifest {path} declares key {data['key']!r}; rename the file to {data['key']}.yaml.")
+    if data["eval_level"] not in EVAL_LEVELS:
+        raise DataError(f"manifest {path}: eval_level must be one of {EVAL_LEVELS}, not {data['eval_level']!r}.")
+    return data
+
+
+def resolve_key(name: str) -> str:
+    """Our key for a name: accepts our keys and the released code's ones (``SDD``, ``brain_mri``...)."""
+    low = name.strip().lower()
+    if low in DATASET_KEYS:
+        return low
+    for key in DATASET_KEYS:
+        if DATASETS[key].released_key.lower() == low:
+            return key
+    raise DataError(f"unknown dataset {name!r}; use one of: {', '.join(DATASET_KEYS)}.")
+
+
+def load_manifest(key: str) -> Manifest:
+    """Load (and cache) the manifest for a dataset key or a released-code key."""
+    return DATASETS[resolve_key(key)]
+
+
+class _Manifests(Mapping[str, Manifest]):
+    """``DATASETS``: a read-only dict key -> Manifest that reads each YAML on first use."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Manifest] = {}
+
+    def __getitem__(self, key: str) -> Manifest:
+        if key not in DATASET_KEYS:
+            raise KeyError(key)
+        if key not in self._cache:
+            path = manifest_dir() / f"{key}.yaml"
+            if not path.is_file():
+                raise DataError(f"manifest {path} is missing; restore it from the repository's data_manifests/.")
+            self._cache[key] = Manifest(key, path, _check(read_yaml(path), key, path))
+        return self._cache[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(DATASET_KEYS)
+
+    def __len__(self) -> int:
+        return len(DATASET_KEYS)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+
+DATASETS = _Manifests()
+
+
+def sync_packaged_copy(src: Path = REPO_DIR, dst: Path = PACKAGED_DIR) -> list[Path]:
+    """Copy the canonical manifests into the package (run after editing data_manifests/)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for key in DATASET_KEYS:
+        shutil.copyfile(src / f"{key}.yaml", dst / f"{key}.yaml")
+        out.append(dst / f"{key}.yaml")
+    return out
+
+
+def manifest_table() -> pd.DataFrame:
+    """One row per dataset (name, level, categories, totals, license, tags): for notebooks and docs."""
+    rows = []
+    for key, m in DATASETS.items():
+        tn, ta = m.expected_totals()
+        rows.append({
+            "key": key, "name": m.name, "released_key": m.released_key, "domain": m.data.get("domain"),
+            "eval_level": m.eval_level, "n_categories": len(m.categories), "test_normal": tn,
+            "test_anomalous": ta, "counts_tag": m.data["totals"].get("tag"),
+            "license": m.data.get("license", {}).get("name"), "license_tag": m.data.get("license", {}).get("tag"),
+        })
+    return pd.DataFrame(rows)
