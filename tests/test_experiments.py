@@ -407,3 +407,13 @@ def test_one_notebook_runs_alone_with_other_parameters(tmp_path: Path) -> None:
     assert (root / "runs" / "eval" / runs[0] / "DONE").is_file()
     nb = nbformat.read(root / "notebooks" / "02_evaluate.ipynb", as_version=4)
     assert nb.metadata["papermill"]["parameters"]["datasets"] == ["sdd"]
+
+
+def test_papermill_string_parameters_become_lists():
+    from glocal_lib.experiments.pipeline import as_name_list
+
+    assert as_name_list('["visa", "mvtec"]') == ["visa", "mvtec"]
+    assert as_name_list("visa, mvtec") == ["visa", "mvtec"]
+    assert as_name_list("visa") == ["visa"]
+    assert as_name_list(("visa",)) == ["visa"]
+    assert as_name_list(None) is None

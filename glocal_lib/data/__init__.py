@@ -11,7 +11,14 @@ from typing import Any
 from glocal_lib.data.index import build_index, default_index_path, read_index, write_index
 from glocal_lib.data.issues import Issue
 from glocal_lib.data.metajson import read_meta_json, to_meta_dict, write_meta_json
-from glocal_lib.data.registry import DATASET_KEYS, DATASETS, Manifest, load_manifest, manifest_table, resolve_key
+from glocal_lib.data.registry import (
+    DATASET_KEYS,
+    DATASETS,
+    Manifest,
+    load_manifest,
+    manifest_table,
+    resolve_key,
+)
 from glocal_lib.data.validate import ValidationReport, validate_dataset
 
 __all__ = [

@@ -7,6 +7,7 @@ them), then draws. That keeps each notebook runnable on its own, with any parame
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -148,6 +149,16 @@ class Reproduction:
         return Image(filename=str(self.figures_dir / f"{artifact_id}.png"))
 
 
+def as_name_list(value: str | Sequence[str] | None) -> list[str] | None:
+    """Accept a list, or the string papermill's ``-p`` passes ('["visa"]', 'visa,mvtec' or 'visa')."""
+    if value is None or not isinstance(value, str):
+        return None if value is None else list(value)
+    text = value.strip()
+    if text.startswith("["):
+        return [str(v) for v in json.loads(text)]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def open_reproduction(profile: str = "smoke", preset: str = DEFAULT_GLOCAL_PRESET,
                       datasets: Sequence[str] | None = None, methods: Sequence[str] | None = None,
                       results_root: str | None = None, data_root: str | None = None,
@@ -155,6 +166,8 @@ def open_reproduction(profile: str = "smoke", preset: str = DEFAULT_GLOCAL_PRESE
                       **profile_overrides: Any) -> Reproduction:
     """The notebooks' entry point: engine profile (with overrides) + registry (with filters)."""
     from glocal_lib.engine import load_profile
+
+    datasets, methods = as_name_list(datasets), as_name_list(methods)
 
     overrides = {k: v for k, v in dict(results_root=results_root, data_root=data_root, device=device,
                                          precision=precision, **profile_overrides).items() if v is not None}
