@@ -62,7 +62,7 @@ class Reproduction:
     def artifact_ids(self, notebook: str | None = None, only: Sequence[str] | None = None,
                      exclude_notebooks: Sequence[str] = ()) -> list[str]:
         """Artifacts of one notebook (or all), restricted to `only` and minus other notebooks' ones."""
-        ids = self.registry.expand_ids(only)
+        ids = self.registry.expand_ids(as_name_list(only))
         arts = self.registry.artifacts
         if notebook is not None:
             ids = [a for a in ids if arts[a].get("notebook") == notebook]
