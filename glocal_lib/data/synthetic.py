@@ -698,6 +698,16 @@ class _Ctx:
     style_gray: bool
 
 
+
+def _plan_image_level(ctx: _Ctx, normal_fmt: str, normal_first: int, anom_fmt: str, anom_first: int,
+                      anom_defect: str) -> list[_Plan]:
+    """Image-level medical layouts: one folder of normal and one of anomalous images, no masks."""
+    plans = [_plan(ctx, normal_fmt.format(normal_first + i), "", 0, "test", "good", f"good{i}")
+             for i in range(ctx.n_normal)]
+    plans += [_plan(ctx, anom_fmt.format(anom_first + i), "", 1, "test", anom_defect, f"anom{i}")
+              for i in range(ctx.n_anom)]
+    return plans
+
 def _size(ctx: _Ctx, uid: str) -> tuple[int, int]:
     """Image (H, W): square by default, real aspect ratios or varying sizes where the real set has them."""
     s = ctx.image_size
@@ -820,35 +830,15 @@ def _plan_category(ctx: _Ctx) -> list[_Plan]:
     if k == "visa":
         return _plan_visa(ctx)
     if k == "headct":
-        plans = [
-            _plan(ctx, f"brain/test/good/{100 + i:03d}.png", "", 0, "test", "good", f"good{i}")
-            for i in range(ctx.n_normal)
-        ]
-        plans += [
-            _plan(ctx, f"brain/test/defect/{i:03d}.png", "", 1, "test", "defect", f"anom{i}")
-            for i in range(ctx.n_anom)
-        ]
-        return plans
+        return _plan_image_level(ctx, "brain/test/good/{:03d}.png", 100, "brain/test/defect/{:03d}.png", 0,
+                                 "defect")
     if k == "brainmri":
         return _plan_brainmri(ctx)
     if k == "br35h":
-        plans = [
-            _plan(ctx, f"br35/no/no{i}.jpg", "", 0, "test", "good", f"good{i}") for i in range(ctx.n_normal)
-        ]
-        plans += [
-            _plan(ctx, f"br35/yes/y{i}.jpg", "", 1, "test", "yes", f"anom{i}") for i in range(ctx.n_anom)
-        ]
-        return plans
+        return _plan_image_level(ctx, "br35/no/no{}.jpg", 0, "br35/yes/y{}.jpg", 0, "yes")
     if k == "covid19":
-        plans = [
-            _plan(ctx, f"covid/NORMAL/NORMAL ({i + 1}).png", "", 0, "test", "good", f"good{i}")
-            for i in range(ctx.n_normal)
-        ]
-        plans += [
-            _plan(ctx, f"covid/COVID-19/COVID-19 ({i + 1}).png", "", 1, "test", "COVID-19", f"anom{i}")
-            for i in range(ctx.n_anom)
-        ]
-        return plans
+        return _plan_image_level(ctx, "covid/NORMAL/NORMAL ({}).png", 1, "covid/COVID-19/COVID-19 ({}).png", 1,
+                                 "COVID-19")
     if k == "isic":
         ids = np.sort(_rng("ids", k, ctx.seed).choice(np.arange(1, 12000), ctx.n_anom, replace=False))
         return [
