@@ -137,9 +137,43 @@ def test_only_and_datasets_filters() -> None:
     assert {j.method_preset for j in methods.plan(["T1"]).eval_jobs} == {"glocalclip-released"}
 
 
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_zero_shot_and_published_only_methods(profile: str) -> None:
+    """CLIP and WinCLIP are zero-shot eval runs (no training) in T1, T2, TE and F3; AdaCLIP has no runs."""
+    from glocal_lib.config import load_preset
+
+    reg = load_registry(profile=profile)
+    assert reg.method("WinCLIP")["preset"] == "winclip" and reg.method("WinCLIP")["trained"] is False
+    assert reg.method("AdaCLIP")["reproduced"] is False
+    win = [j for j in reg.plan(["T1", "T2"]).eval_jobs if j.method_preset == "winclip"]
+    for j in win:
+        cfg = load_preset("winclip", **{k: list(v) if isinstance(v, tuple) else v for k, v in j.overrides})
+        if profile == "paper":  # the released/paper WinCLIP, unchanged
+            assert j.overrides == () and j.name == f"winclip@{j.dataset}" and cfg.window_scales == (2, 3)
+        else:  # scaled to the 8x8 smoke grid, and fast
+            assert cfg.window_scales == (2,) and not cfg.use_class_names and max(cfg.window_scales) <= 8
+    for aid in ("T1", "T2", "TE", "F3"):
+        assert "WinCLIP" in reg.methods_of(reg.artifact(aid)), aid
+        jobs = reg.plan([aid]).eval_jobs
+        presets = {j.method_preset for j in jobs}
+        assert {"clip", "winclip"} <= presets and not any("adaclip" in p for p in presets), aid
+        for j in jobs:
+            if j.method_preset in ("clip", "winclip"):
+                assert j.train is None and j.spec(None).train_run is None and j.spec(None).preset == j.preset
+        cells = [c for c in reg.artifact_cells(aid) if c.row == "AdaCLIP"]
+        assert all(not c.candidates for c in cells), aid
+    # zero-shot runs never add training runs: WinCLIP adds exactly one eval run per dataset of T1+T2
+    no_win = load_registry(profile=profile, methods=["CLIP", "CoOp", "AnomalyCLIP", "GlocalCLIP"])
+    full, base = reg.plan(["T1", "T2", "TE", "F3"]), no_win.plan(["T1", "T2", "TE", "F3"])
+    assert [j.name for j in full.train_jobs] == [j.name for j in base.train_jobs]
+    n_datasets = len(reg.artifact("T1")["datasets"]) + len(reg.artifact("T2")["datasets"])
+    assert len(full.eval_jobs) - len(base.eval_jobs) == n_datasets
+
+
 def test_smoke_plan_stays_modest() -> None:
     plan = load_registry(profile="smoke").plan()
-    assert len(plan.train_jobs) <= 40 and len(plan.eval_jobs) <= 140, plan.summary()
+    # 140 + the 15 zero-shot WinCLIP runs of T1/T2 (~2 s each on the smoke profile)
+    assert len(plan.train_jobs) <= 40 and len(plan.eval_jobs) <= 155, plan.summary()
 
 
 # ------------------------------------------------------------------------------ paper values
@@ -189,7 +223,8 @@ def test_comparison_table_puts_paper_beside_reproduced(fake_results: tuple) -> N
     table = tables.TableBuilder(reg, store).build("T1")
     df = table.data
     # zero-shot CLIP on VisA: exactly one run, value from its metrics.csv mean row
-    clip_visa = next(j for j in reg.plan(["T1"]).eval_jobs if j.train is None and j.dataset == "visa")
+    clip_visa = next(j for j in reg.plan(["T1"]).eval_jobs
+                     if j.train is None and j.preset == "clip" and j.dataset == "visa")
     expected = 100 * np.mean([fake_value(clip_visa.name, c, "image_auroc") for c in ("candle", "pcb1")])
     row = _cell(df, row="CLIP", dataset="VisA", metric="image_auroc")
     assert row["reproduced"] == pytest.approx(expected)
@@ -200,9 +235,28 @@ def test_comparison_table_puts_paper_beside_reproduced(fake_results: tuple) -> N
     per_ds = df[(df["row"] == "CLIP") & (df["metric"] == "image_auroc") & (df["dataset"] != "Mean")]
     assert mean["reproduced"] == pytest.approx(per_ds["reproduced"].mean())
     assert mean["paper"] == 76.1
-    # a method not reimplemented: published value only
-    win = _cell(df, row="WinCLIP", dataset="MVTec AD", metric="image_auroc")
-    assert math.isnan(win["reproduced"]) and win["paper"] == 90.4
+    # a method not reimplemented: published value only, with the reason under the table
+    ada = _cell(df, row="AdaCLIP", dataset="MVTec AD", metric="image_auroc")
+    assert math.isnan(ada["reproduced"]) and ada["paper"] == 91.2 and ada["note"] == ""
+    assert any(n.startswith("AdaCLIP:") for n in table.notes)
+    assert not any(n.startswith("WinCLIP:") for n in table.notes)
+
+
+def test_winclip_is_reproduced_zero_shot_in_t1(fake_results: tuple) -> None:
+    """WinCLIP: a zero-shot eval run (preset winclip, no training) per dataset, its value beside the published one."""
+    reg, store, root = fake_results
+    df = tables.TableBuilder(reg, store).build("T1").data
+    jobs = [j for j in reg.plan(["T1"]).eval_jobs if j.method_preset == "winclip"]
+    assert {j.dataset for j in jobs} == {"mvtec", "visa", "mpdd", "btad", "sdd", "dtd"}
+    assert all(j.train is None and dict(j.overrides) == {"use_class_names": False, "window_scales": (2,)}
+               for j in jobs)  # the smoke profile's scaled WinCLIP (experiments.yaml profile_overrides)
+    mvtec = next(j for j in jobs if j.dataset == "mvtec")
+    expected = 100 * np.mean([fake_value(mvtec.name, c, "image_auroc") for c in ("bottle", "metal_nut")])
+    row = _cell(df, row="WinCLIP", dataset="MVTec AD", metric="image_auroc")
+    assert row["reproduced"] == pytest.approx(expected) and row["paper"] == 90.4
+    assert row["diff"] == pytest.approx(expected - 90.4) and row["run_ids"]
+    win = df[(df["row"] == "WinCLIP") & (df["dataset"] != "Mean")]
+    assert win["reproduced"].notna().any() and (win["note"] != "not run yet").all()
 
 
 def test_lambda_selected_on_test_is_the_best_and_marked(fake_results: tuple) -> None:

@@ -30,6 +30,7 @@ _ABBREV = {
     "gcl_lambda": "l", "glocal": "glocal", "semantic": "sem", "anomaly_position": "pos",
     "attention": "attn", "gcl_anchor": "anchor", "alias_final_layer": "alias", "dual_path": "vv",
     "map_reduction": "map", "sigma": "s", "feature_layers": "layers", "vv_start_layer": "vvfrom",
+    "window_scales": "win", "use_class_names": "cls",
 }
 
 Overrides = tuple[tuple[str, Any], ...]
@@ -303,6 +304,7 @@ class Registry:
         preset = self.resolve_preset(str(entry["preset"]))
         info = preset_info(preset)
         own = dict(entry.get("overrides") or {})
+        own.update((entry.get("profile_overrides") or {}).get(self.profile) or {})  # this profile only
         base = load_preset(preset).to_dict()
         trained = entry.get("trained", True)
         if not trained:

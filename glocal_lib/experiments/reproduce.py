@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="smoke", help="smoke (default; synthetic data, CPU, minutes) | paper (GPU)")
     p.add_argument("--only", nargs="*", help="artifact ids, comma or space separated (T1,F5,F12-F36); default all")
     p.add_argument("--datasets", nargs="*", help="evaluation dataset keys to keep (e.g. visa mvtec); default all")
-    p.add_argument("--methods", nargs="*", help="method columns to keep (CLIP CoOp AnomalyCLIP GlocalCLIP)")
+    p.add_argument("--methods", nargs="*", help="method columns to keep (CLIP WinCLIP CoOp AnomalyCLIP GlocalCLIP)")
     p.add_argument("--preset", default=DEFAULT_GLOCAL_PRESET, choices=GLOCAL_PRESETS,
                    help="GlocalCLIP preset: released script (default) or paper text")
     p.add_argument("--results-root", help="where results/<profile> goes (default: the profile's)")
