@@ -59,7 +59,8 @@ class ModelConfig:
     # --- vision (spec 2) ---
     dual_path: bool = True  # V-V dual path (False: plain CLIP features, e.g. CoOp / CLIP)
     vv_start_layer: int | None = None  # None: backbone default (6 for 24 layers)
-    feature_layers: tuple[int, ...] | None = None  # None: backbone default (6, 12, 18, 24)
+    # None: backbone default (6, 12, 18, 24); negative = from the top (-1: last block, AnomalyCLIP's test.sh)
+    feature_layers: tuple[int, ...] | None = None
     attention: str = "vv"  # vv | qq | kk | qk (attention ablation)
     global_ln_post: bool = False  # released code skips ln_post on the global embedding
     alias_final_layer: bool = True  # released GlocalCLIP: all local layers are the final V-V tokens
@@ -98,8 +99,9 @@ class ModelConfig:
                 )
         if self.deep_depth > 1 and self.deep_length < 1:
             raise ConfigError(f"deep_length must be >= 1 when deep_depth > 1, got {self.deep_length}")
-        if self.feature_layers is not None and len(self.feature_layers) == 0:
-            raise ConfigError("feature_layers must name at least one layer (or be null for the default)")
+        if self.feature_layers is not None and (len(self.feature_layers) == 0 or 0 in self.feature_layers):
+            raise ConfigError("feature_layers must name at least one layer, as block numbers 1..depth or "
+                              f"-1 (top), -2, ... (or be null for the default); got {self.feature_layers}")
         if not self.window_scales or any(int(k) < 1 for k in self.window_scales):
             raise ConfigError(f"window_scales must be positive window sizes, got {self.window_scales}")
         if len(self.fixed_templates) != 2:

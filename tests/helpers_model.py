@@ -24,7 +24,7 @@ def small_cfg(preset: str = "glocalclip-released", **overrides) -> ModelConfig:
         base = {}
     if preset == "coop":
         base = {"normal_length": 3}
-    if preset == "anomalyclip":
+    if preset.startswith("anomalyclip"):
         base = {"normal_length": 3, "anomaly_length": 3, "deep_depth": 4, "deep_length": 2}
     base.update(overrides)
     return load_preset(preset, **base)

@@ -48,8 +48,14 @@ def test_paper_preset_and_eval_variants():
 
 def test_baseline_presets():
     assert set(preset_names()) >= {"glocalclip-released", "glocalclip-paper", "anomalyclip", "coop", "clip"}
-    ac = load_preset("anomalyclip")
-    assert ac.num_prompts == 2 and ac.local_loss_weight == 4.0 and not ac.alias_final_layer
+    ac = load_preset("anomalyclip")  # the released train.sh/test.sh: top layer only, local x4
+    assert ac.num_prompts == 2 and ac.local_loss_weight == 4.0 and ac.feature_layers == (-1,)
+    assert (ac.normal_length, ac.deep_depth, ac.deep_length, ac.sigma) == (12, 9, 4, 4.0)
+    tp = load_preset("anomalyclip-trainpy-defaults")  # train.py argparse defaults: true 6/12/18/24, x4
+    assert tp.feature_layers is None and not tp.alias_final_layer and tp.local_loss_weight == 4.0
+    assert tp.replace(feature_layers=[-1]) == ac
+    for name in ("anomalyclip", "anomalyclip-trainpy-defaults"):
+        assert "zqhang/AnomalyCLIP" in preset_info(name)["source"]
     assert load_preset("clip").method == "clip" and not load_preset("coop").has_deep_prompts
     assert preset_info("glocalclip-released")["lambda_grid"]["mvtec"] == [1.0, 0.0, 0.1, 0.01]
 

@@ -79,8 +79,8 @@ def test_loss_composition(model, feats):
     torch.testing.assert_close(out["global"], ce, rtol=1e-5, atol=1e-6)
 
 
-def test_anomalyclip_total_and_true_layers():
-    model = tiny_model(small_cfg("anomalyclip"))
+def test_anomalyclip_trainpy_defaults_total_and_true_layers():
+    model = tiny_model(small_cfg("anomalyclip-trainpy-defaults"))
     images, labels, masks = _batch()
     f = model.encode_image(images)
     assert not torch.equal(f.patch[:, 0], f.patch[:, 3])  # true multi-layer features

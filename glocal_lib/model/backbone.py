@@ -73,6 +73,12 @@ def default_feature_layers(depth: int) -> tuple[int, ...]:
     return tuple(depth * q // 4 for q in (1, 2, 3, 4))
 
 
+def resolve_feature_layers(layers: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """Block numbers 1..depth; negative ones count from the top (-1 = the last block), so a preset can
+    say "top layer only" (AnomalyCLIP's `--features_list 24` on ViT-L) for towers of any depth."""
+    return tuple(depth + 1 + int(k) if int(k) < 0 else int(k) for k in layers)
+
+
 def default_vv_start_layer(depth: int) -> int:
     """The published V-V start (block 6 of 24) scaled to `depth` blocks (8 -> 2)."""
     return max(1, depth // 4)

@@ -17,7 +17,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from . import scoring
-from .backbone import default_feature_layers, default_vv_start_layer
+from .backbone import default_feature_layers, default_vv_start_layer, resolve_feature_layers
 from .losses import gcl_loss, global_loss, local_losses
 from .prompts import FixedPrompts, LearnedPrompts, PromptEnsemble, build_prompt_learner
 from .text import DeepTextPrompts, encode_prompts
@@ -80,6 +80,7 @@ class GlocalDetector(nn.Module):
         depth = len(clip.visual.transformer.resblocks)
         vv_start = cfg.vv_start_layer if cfg.vv_start_layer is not None else default_vv_start_layer(depth)
         layers = cfg.feature_layers if cfg.feature_layers is not None else default_feature_layers(depth)
+        layers = resolve_feature_layers(layers, depth)
         self.vision = DualPathVisionEncoder(
             clip.visual,
             vv_start_layer=vv_start if cfg.dual_path else None,
