@@ -17,6 +17,8 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("glocal_lib.data.cli", "data_cli", "index or check a dataset in its native layout"),
     "train": ("glocal_lib.engine.cli", "train_cli", "train prompts (a resumable run)"),
     "eval": ("glocal_lib.engine.cli", "eval_cli", "evaluate a trained or zero-shot model on datasets"),
+    "verify": ("glocal_lib.experiments.verify", "verify_cli",
+               "check your setup: the released AnomalyCLIP checkpoints vs its logs"),
     "reproduce": (
         "glocal_lib.experiments.reproduce",
         "reproduce_cli",

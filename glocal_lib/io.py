@@ -66,6 +66,20 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def git_blob_id(path: PathLike, chunk: int = 1 << 20) -> str:
+    """What `git hash-object FILE` prints: sha1 of b"blob <size>\\0" + the bytes (no git needed).
+
+    Identifies a file committed to a public repository by the id its tree lists (e.g. the released
+    AnomalyCLIP checkpoints, which GitHub serves without a published checksum).
+    """
+    path = Path(path)
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_yaml(path: PathLike) -> Any:
     """Load YAML with the safe loader only (files from users are untrusted)."""
     with open(path, encoding="utf-8") as f:

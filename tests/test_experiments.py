@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS_MD = Path("/work/shared/spec/experiments.md")
 TABLE_IDS = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "TA", "TE", "TX"]
 FIGURE_IDS = [f"F{i}" for i in range(3, 37)]
-ALL_IDS = TABLE_IDS + FIGURE_IDS
+ALL_IDS = TABLE_IDS + ["RC"] + FIGURE_IDS  # RC: drawn by experiments.verify (tests/test_verify.py)
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -56,6 +56,8 @@ def test_every_artifact_resolves_to_runs_for_both_presets(profile: str) -> None:
                 assert not plan.train_jobs and not plan.eval_jobs
             elif art["kind"] == "umap":
                 assert plan.train_jobs, aid
+            elif art["kind"] == "released_checkpoint":  # smoke: stand-in training runs; paper: user's files
+                assert bool(plan.train_jobs) == (profile == "smoke") and not plan.eval_jobs, aid
             else:
                 assert plan.eval_jobs, aid
 

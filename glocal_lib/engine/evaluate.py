@@ -46,7 +46,7 @@ from glocal_lib.engine.runs import (
     weights_identity,
 )
 from glocal_lib.errors import ConfigError
-from glocal_lib.io import atomic_save_with, atomic_write_json, stable_hash
+from glocal_lib.io import atomic_save_with, atomic_write_json, git_blob_id, stable_hash
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro_cflow", "aupro_mvtec")
@@ -72,6 +72,9 @@ class EvalSpec:
     samples_per_category: int | None = None
     categories: tuple[str, ...] | None = None
     use_cache: bool = True
+    # only without train_run: a prompt file (official {"prompt_learner": ...}, e.g. the released
+    # AnomalyCLIP checkpoints, or ours) loaded into the preset's model; keyed by its git blob id
+    checkpoint: str | Path | None = None
 
 
 def _resolve_train_run(train_run: str | Path, profile: Profile) -> Run:
@@ -90,7 +93,15 @@ def _model_setup(spec: EvalSpec, profile: Profile) -> tuple[Any, Path | None, di
         preset = spec.preset or "glocalclip-released"
         variant = resolve_variant(preset, spec.variant, eval_dataset=spec.dataset)
         cfg = model_config(preset, spec.overrides, variant, precision=spec.precision or profile.precision)
-        return cfg, None, {"preset": preset, "variant": variant, "train_run": None, "epoch": None}, spec.seed
+        part: dict[str, Any] = {"preset": preset, "variant": variant, "train_run": None, "epoch": None}
+        if spec.checkpoint is None:
+            return cfg, None, part, spec.seed
+        path = Path(spec.checkpoint)
+        if not path.is_file():
+            raise ConfigError(f"checkpoint {path} does not exist (EvalSpec.checkpoint: a prompt file to evaluate)")
+        return cfg, path, {**part, "checkpoint_id": git_blob_id(path)}, spec.seed
+    if spec.checkpoint is not None:
+        raise ConfigError("EvalSpec: give train_run or checkpoint, not both")
     tr = _resolve_train_run(spec.train_run, profile)
     if spec.epoch is None and not tr.done:
         raise ConfigError(f"train run {tr.path} is not finished; finish it (glocal train) or pick --epoch")

@@ -48,15 +48,16 @@ def build_detector(cfg: Any, profile: Profile, *, seed: int, checkpoint: str | P
 
     `seed` seeds the random backbone (smoke) and the initial prompts, as build_model defines it.
     A checkpoint's prompt tensors are loaded into a model built from `cfg` (not the checkpoint's
-    own config), so evaluation-time switches such as precision can differ from training.
+    own config), so evaluation-time switches such as precision can differ from training. The
+    checkpoint is ours or an official ``{"prompt_learner": ...}`` file (e.g. released AnomalyCLIP).
     """
-    from glocal_lib.model import build_model, load_prompt_state, read_checkpoint
+    from glocal_lib.model import build_model, load_prompts
 
     torch.manual_seed(seed)
     model = build_model(cfg, backbone=profile.backbone, weights=profile.weights, device=profile.device,
                         image_size=profile.image_size, seed=seed, backbone_seed=backbone_seed(profile, seed))
     if checkpoint is not None:
-        load_prompt_state(model, read_checkpoint(checkpoint), str(checkpoint))
+        load_prompts(model, checkpoint)
     model.eval()
     return model
 

@@ -97,6 +97,17 @@ figures = repro.build_figures(ids)'''),
 repro.evaluate(ids)
 tables = repro.build_tables(ids)'''),
         ("code", SHOW_TABLES),
+        ("markdown", "## RC: check your setup — the released AnomalyCLIP checkpoints vs its logs\n\n"
+                     "Paper profile: the two released checkpoints (`$GLOCAL_ANOMALYCLIP_CHECKPOINTS`, default "
+                     "`weights/AnomalyCLIP/checkpoints`) evaluated as AnomalyCLIP's `test.sh` does, per category "
+                     "beside the repository's logs, with a verdict (same as `glocal verify`). Smoke profile: "
+                     "stand-in checkpoints exported from the AnomalyCLIP smoke training runs."),
+        ("code", '''from glocal_lib.experiments.verify import reproduce_rc
+
+rc = reproduce_rc(repro, ids, required=only is not None)
+if rc is not None:
+    display(repro.show_table(rc))
+    print(rc.notes[0])'''),
         ("code", '''index = repro.build_index()
 print(f"results index: {index}")'''),
     ]),

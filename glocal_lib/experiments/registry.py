@@ -406,7 +406,7 @@ class Registry:
                     continue
                 dom, train = pair
                 cells += self.cells_for(self.method(art["method"]), art["method"], dom, "main", [ds])
-        elif kind in ("umap", "dataset_stats"):
+        elif kind in ("umap", "dataset_stats", "released_checkpoint"):
             pass
         else:
             raise ConfigError(f"{self.source}: artifact {artifact_id} has unknown kind {kind!r}")
@@ -429,6 +429,24 @@ class Registry:
                 out.append((f"{panel['method']} trained on {self.dataset_name(train)}{lam}", c.job.train))
         return out
 
+    def released_checkpoints(self, artifact_id: str = "RC") -> list[dict[str, Any]]:
+        """The released checkpoints an RC artifact evaluates (file, blob, train, eval, log), filtered
+        by --datasets on their evaluation set."""
+        return [c for c in self.artifact(artifact_id)["checkpoints"] if self.keep(c["eval"])]
+
+    def standin_train_jobs(self, artifact_id: str = "RC") -> list[tuple[dict[str, Any], TrainJob]]:
+        """Smoke only: (checkpoint, the method's own training run on the same training set) whose
+        exported prompts stand in for the released files; none under the paper profile."""
+        if self.profile != "smoke":
+            return []
+        art = self.artifact(artifact_id)
+        out = []
+        for ck in self.released_checkpoints(artifact_id):
+            cands, _ = self.candidates(self.method(art["method"]), ck["train"], ck["eval"])
+            assert cands and cands[0].job.train is not None
+            out.append((ck, cands[0].job.train))
+        return out
+
     def plan(self, artifact_ids: Iterable[str] | None = None) -> Plan:
         """Deduplicated jobs for the artifacts (all when None, none for []), in registry order."""
         ids = self.expand_ids(artifact_ids)
@@ -439,6 +457,9 @@ class Registry:
                     plan.add_eval(cand.job)
             if self.artifact(aid)["kind"] == "umap":
                 for _, tj in self.umap_train_jobs(aid):
+                    plan.add_train(tj)
+            if self.artifact(aid)["kind"] == "released_checkpoint":
+                for _, tj in self.standin_train_jobs(aid):
                     plan.add_train(tj)
         return plan
 

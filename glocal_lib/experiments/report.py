@@ -92,7 +92,8 @@ def build_index(registry: Registry, root: str | Path, profile: Any, title: str =
     root = Path(root)
     banner = prov_mod.banner_for(profile)
     arts = registry.artifacts
-    table_kinds = {"comparison_table", "ablation_table", "per_category_table", "released_vs_paper", "dataset_stats"}
+    from glocal_lib.experiments.tables import TABLE_KINDS as table_kinds
+
     table_cards, figure_cards, n_present = [], [], 0
     for aid, art in arts.items():
         card, present = _card(root, aid, art, art["kind"] in table_kinds)

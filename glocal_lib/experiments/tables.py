@@ -34,6 +34,9 @@ LONG_COLUMNS = ["artifact", "section", "domain", "row", "dataset", "category", "
                 "paper", "diff", "selected_lambda", "lambda_selected_on_test", "run_ids", "note"]
 LEGEND = "each cell: reproduced / published (reproduced − published); — = no value"
 MARK = "†"
+# artifact kinds drawn as tables (released_checkpoint = RC, built by experiments.verify)
+TABLE_KINDS = frozenset({"comparison_table", "ablation_table", "per_category_table", "released_vs_paper",
+                         "dataset_stats", "released_checkpoint"})
 DIFF_NOTE = "difference of the two settings (B − A)"
 
 
@@ -438,8 +441,7 @@ def read_table_csv(path: str | Path) -> pd.DataFrame:
 
 
 def table_ids(registry: Registry, ids: Iterable[str] | None = None) -> list[str]:
-    kinds = {"comparison_table", "ablation_table", "per_category_table", "released_vs_paper", "dataset_stats"}
-    return [a for a in registry.expand_ids(ids) if registry.artifact(a)["kind"] in kinds]
+    return [a for a in registry.expand_ids(ids) if registry.artifact(a)["kind"] in TABLE_KINDS]
 
 
 def build_tables(registry: Registry, store: ResultStore, ids: Sequence[str], out_dir: str | Path,
@@ -448,8 +450,9 @@ def build_tables(registry: Registry, store: ResultStore, ids: Sequence[str], out
     builder = TableBuilder(registry, store)
     out = {}
     for aid in table_ids(registry, ids):
-        if registry.artifact(aid)["kind"] == "dataset_stats" and data_indexes is None:
-            continue
+        kind = registry.artifact(aid)["kind"]
+        if (kind == "dataset_stats" and data_indexes is None) or kind == "released_checkpoint":
+            continue  # T5 needs the data indexes; RC evaluates checkpoints (experiments.verify.reproduce_rc)
         table = builder.build(aid, data_indexes)
         write_table(table, out_dir)
         out[aid] = table

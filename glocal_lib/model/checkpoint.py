@@ -84,7 +84,21 @@ def save_checkpoint(model: GlocalDetector, path: str | os.PathLike[str],
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate one of our checkpoints (raises WeightsError naming the file)."""
+    return _checked_ours(load_torch_file(path), path)
+
+
+def load_prompts(model: GlocalDetector, path: str | os.PathLike[str]) -> str:
+    """Load the prompts of our checkpoint or of an official ``{"prompt_learner": ...}`` file into
+    ``model`` (read once); returns the kind, "ours" or "official"."""
     obj = load_torch_file(path)
+    if checkpoint_kind(obj) == "official":
+        import_official(model, obj, str(path))
+        return "official"
+    load_prompt_state(model, _checked_ours(obj, path), str(path))
+    return "ours"
+
+
+def _checked_ours(obj: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
     kind = checkpoint_kind(obj)
     if kind != "ours":
         hint = " It is an official {'prompt_learner': ...} file: use import_official." if kind == "official" else ""
