@@ -242,6 +242,9 @@ def test_comparison_table_puts_paper_beside_reproduced(fake_results: tuple) -> N
     assert math.isnan(ada["reproduced"]) and ada["paper"] == 91.2 and ada["note"] == ""
     assert any(n.startswith("AdaCLIP:") for n in table.notes)
     assert not any(n.startswith("WinCLIP:") for n in table.notes)
+    # where the AnomalyCLIP column's setting comes from (methods.yaml `source`)
+    assert any(n.startswith("AnomalyCLIP: preset anomalyclip = zqhang/AnomalyCLIP") and "2a7c886" in n
+               for n in table.notes)
 
 
 def test_winclip_is_reproduced_zero_shot_in_t1(fake_results: tuple) -> None:

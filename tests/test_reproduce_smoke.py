@@ -23,7 +23,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not RESULTS, reason="set GLOCAL_SMOKE_RESULTS=results/smoke after `glocal reproduce --profile smoke`"),
 ]
-TABLE_KINDS = {"comparison_table", "ablation_table", "per_category_table", "released_vs_paper", "dataset_stats"}
+TABLE_KINDS = {"comparison_table", "ablation_table", "per_category_table", "released_vs_paper", "dataset_stats",
+               "released_checkpoint"}
 
 
 def _root() -> Path:
@@ -58,6 +59,21 @@ def test_artifact_exists_with_provenance(aid: str, is_table: bool) -> None:
         assert df["reproduced"].notna().any(), f"{aid} has no reproduced value at all"
     else:
         assert (folder / f"{aid}.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_rc_checks_standin_checkpoints_against_the_released_logs() -> None:
+    """RC (the `glocal verify` check): stand-in checkpoints exported from the smoke AnomalyCLIP runs, every
+    cell ours beside the released log, a verdict, and the stand-in warning."""
+    folder = _root() / "tables"
+    md = (folder / "RC.md").read_text(encoding="utf-8")
+    assert "STAND-INS" in md and "VERDICT (smoke, stand-ins)" in md and "NOT the released" in md
+    df = read_table_csv(folder / "RC.csv")
+    assert set(df["dataset"]) == {"MVTec AD", "VisA"}
+    assert set(df["metric"]) == {"image_auroc", "image_ap", "pixel_auroc", "aupro_cflow"}
+    assert df["paper"].notna().all() and df["reproduced"].notna().all()
+    assert (abs(df["diff"] - (df["reproduced"] - df["paper"])) < 1e-3).all()
+    for name in ("9_12_4_multiscale", "9_12_4_multiscale_visa"):
+        assert (_root() / "verify" / "checkpoints" / name / "epoch_15.pth").is_file()
 
 
 def test_executed_notebooks_and_index() -> None:

@@ -123,6 +123,17 @@ class TableBuilder:
                               sources=sources, notes=notes)
         return Table(artifact_id, art["title"], df, index, columns, prov, group, notes)
 
+    def _source_note(self, method: str, entry: dict[str, Any]) -> None:
+        """'<method>: preset <p> = <source>' for presets that say where their setting comes from."""
+        from glocal_lib.config import preset_info
+
+        if entry.get("reproduced", True) is False:
+            return
+        preset = self.reg.resolve_preset(str(entry["preset"]))
+        source = preset_info(preset).get("source")
+        if source:
+            self._notes.append(f"{method}: preset {preset} = {' '.join(str(source).split())}")
+
     # --- T1 / T2
     def _comparison(self, aid: str, art: dict[str, Any]) -> list[dict[str, Any]]:
         paper_cfg = art["paper"]
@@ -136,6 +147,7 @@ class TableBuilder:
             per_metric: dict[str, list[float]] = {m: [] for m in self.metrics}
             if entry.get("reproduced", True) is False:
                 self._notes.append(f"{method}: {entry.get('reason', 'not reproduced')}")
+            self._source_note(method, entry)
             for ds in datasets:
                 res = self._cell_values(cells[ds]) if ds in cells else CellResult(missing=True)
                 for m in self.metrics:
@@ -208,6 +220,7 @@ class TableBuilder:
                 cells = self.reg.cells_for(entry, method, dom, "main", [ds])
                 if not cells:
                     continue
+                self._source_note(method, entry)
                 res = self.store.cell(cells[0], per_category=True)
                 self._run_ids += res.run_ids
                 self._presets |= {c.job.method_preset for c in cells[0].candidates}
