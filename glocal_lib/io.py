@@ -81,9 +81,27 @@ def git_blob_id(path: PathLike, chunk: int = 1 << 20) -> str:
 
 
 def read_yaml(path: PathLike) -> Any:
-    """Load YAML with the safe loader only (files from users are untrusted)."""
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    """Load YAML with the safe loader only (files from users are untrusted).
+
+    A tag such as ``!!python/object`` (which the safe loader refuses to construct) or a syntax error
+    becomes a ConfigError naming the file and line, not a yaml traceback.
+    """
+    from glocal_lib.errors import ConfigError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        unsafe = isinstance(err, yaml.constructor.ConstructorError)
+        what = "unsafe YAML (a tag the safe loader does not construct)" if unsafe else "invalid YAML"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        fix = ("use plain YAML values only (python/object tags are never executed)" if unsafe
+               else "fix the syntax there")
+        raise ConfigError(f"{what} at {path}{line}: {problem}; {fix}.") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a UTF-8 text (YAML) file ({err.reason} at byte {err.start}).") from None
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

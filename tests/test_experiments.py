@@ -444,7 +444,8 @@ def test_failed_notebook_message_names_notebook_cell_and_log(tmp_path: Path) -> 
     msg = str(err.value)
     assert "99_broken.ipynb" in msg and "cell" in msg and "boom" in msg
     assert str(tmp_path / "out" / "logs" / "99_broken.log") in msg
-    assert (tmp_path / "out" / "notebooks" / "99_broken.ipynb").is_file()
+    assert (tmp_path / "out" / "notebooks" / "99_broken.FAILED.ipynb").is_file()  # never under the finished name
+    assert not (tmp_path / "out" / "notebooks" / "99_broken.ipynb").exists()
 
 
 def test_empty_selection_plans_nothing() -> None:

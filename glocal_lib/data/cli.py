@@ -11,12 +11,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
-
 from glocal_lib.data.index import build_index, default_index_path, read_index, write_index
 from glocal_lib.data.registry import DATASET_KEYS, load_manifest
-from glocal_lib.data.validate import validate_dataset
-from glocal_lib.errors import DataError
+from glocal_lib.data.validate import read_expected, validate_dataset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,11 +53,7 @@ def data_cli(argv: Sequence[str]) -> int:
         print(counts.to_string())
         print(f"wrote {len(df)} rows to {out}")
         return 0
-    expected = None
-    if args.expected:
-        if not Path(args.expected).is_file():
-            raise DataError(f"--expected file not found: {args.expected}")
-        expected = pd.read_csv(args.expected, dtype={"category": str})
+    expected = read_expected(args.expected) if args.expected else None
     index = read_index(args.index) if args.index else None
     report = validate_dataset(m.key, root, index=index, expected=expected, deep=args.deep,
                               check_counts=not args.skip_counts, raise_on_error=False)

@@ -42,15 +42,31 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
 
-def _scan(path: Path) -> tuple[list[str], list[str]]:
-    """Sorted (sub-folder names, file names) of a folder; ([], []) if it does not exist."""
+def _scan(path: Path, unreadable: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Sorted (sub-folder names, file names) of a folder; ([], []) if it does not exist.
+
+    Entries that cannot be followed (a symlink loop, a dangling link, no permission) are left out
+    and their names appended to ``unreadable``: converters never recurse, so a loop cannot hang them.
+    """
     dirs, files = [], []
     try:
         with os.scandir(path) as it:
             for e in it:
-                (dirs if e.is_dir() else files).append(e.name)
+                try:
+                    is_dir = e.is_dir()
+                    if not is_dir and e.is_symlink() and not os.path.exists(e.path):
+                        raise OSError(f"dangling symbolic link to {os.readlink(e.path)}")
+                except OSError as err:
+                    if unreadable is not None:
+                        unreadable.append(f"{e.name}\0{getattr(err, 'strerror', None) or err}")
+                    continue
+                (dirs if is_dir else files).append(e.name)
     except FileNotFoundError:
         pass
+    except OSError as err:  # the folder itself is a loop or unreadable
+        if unreadable is None:
+            raise
+        unreadable.append(f"\0{err.strerror or err}")
     return sorted(dirs), sorted(files)
 
 
@@ -70,9 +86,34 @@ class _Builder:
     def add(self, image: str, mask: str, category: str, label: int, defect_type: str) -> None:
         self.rows.append((image, mask, category, int(label), defect_type, "test"))
 
+    def scan(self, folder: Path) -> tuple[list[str], list[str]]:
+        """``_scan`` that reports entries it cannot follow (symlink loops...) as errors naming them."""
+        bad: list[str] = []
+        out = _scan(folder, bad)
+        for entry in bad:
+            name, why = entry.split("\0", 1)
+            where = folder / name if name else folder
+            rel = self.rel(where) if where.is_relative_to(self.root) else str(where)
+            self.issues.append(error("unreadable_entry", rel, f"cannot be followed ({why}); it is not indexed. "
+                                     "Remove the link or point it at a real file or folder."))
+        return out
+
+    def same_stems(self, folder: Path, names: list[str], what: str) -> None:
+        """Error for files whose stems differ only in case or extension (a.png + A.PNG, a.png + a.jpg):
+        pairing by name cannot tell them apart, and case-insensitive file systems keep only one."""
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(_stem(n).lower(), []).append(n)
+        for same in (g for g in groups.values() if len(g) > 1):
+            self.issues.append(error(
+                "duplicate_stem", self.rel(folder / same[0]),
+                f"{len(same)} {what} files share the name {_stem(same[0])!r} up to case/extension: "
+                f"{', '.join(self.rel(folder / n) for n in same)}; keep one of them (they would pair with the same "
+                "mask, and on a case-insensitive disk one overwrites the other)."))
+
     def images(self, folder: Path, exts: set[str]) -> list[str]:
         """Image file names in a folder; everything else there is reported as stray."""
-        dirs, files = _scan(folder)
+        dirs, files = self.scan(folder)
         keep = []
         for name in files:
             if not _hidden(name) and _ext(name) in exts:
@@ -85,16 +126,17 @@ class _Builder:
         for name in dirs:
             self.issues.append(warning("stray_folder", self.rel(folder / name),
                                        "unexpected sub-folder; it is not indexed. Move it out of the dataset."))
+        self.same_stems(folder, keep, "image")
         return keep
 
     def has_files(self, folder: Path) -> bool:
         """Whether a folder holds any file at all (used to pick a layout variant without reporting)."""
-        return bool(_scan(folder)[1])
+        return bool(self.scan(folder)[1])
 
     def mask_table(self, folder: Path, exts: set[str], suffix_end: str = "") -> dict[str, str]:
         """Map mask stem -> file name for one mask folder; strays and duplicates are reported."""
         table: dict[str, str] = {}
-        _, files = _scan(folder)
+        _, files = self.scan(folder)
         for name in files:
             if _hidden(name) or _ext(name) not in exts or (suffix_end and not _stem(name).endswith(suffix_end)):
                 if name != "Labels.txt":  # DAGM's label list sits beside the label images
@@ -109,6 +151,7 @@ class _Builder:
                     f"two masks share the stem {stem!r} ({table[stem]}, {name}); keep one of them."))
                 continue
             table[stem] = name
+        self.same_stems(folder, list(table.values()), "mask")
         return table
 
     def pair(self, image_rel: str, table: dict[str, str], suffixes: list[str], used: set[str],
@@ -141,7 +184,7 @@ class _Builder:
 
 
 def _unknown_dirs(b: _Builder, root: Path, categories: list[str]) -> None:
-    dirs, _ = _scan(root)
+    dirs, _ = b.scan(root)
     for d in dirs:
         if d not in categories and not _hidden(d):
             b.issues.append(warning(
@@ -172,7 +215,7 @@ def convert_mvtec_style(root: Path, m: Manifest, b: _Builder) -> None:
                 "missing_train", f"{cat}/train/",
                 f"not needed here, but the released generate_dataset_json script crashes without it: "
                 f"create an empty {cat}/train/{lay['normal_dirs'][0]}/ if you also use the authors' code."))
-        test_dirs, test_files = _scan(cdir / "test")
+        test_dirs, test_files = b.scan(cdir / "test")
         for name in test_files:
             b.issues.append(warning("stray_file", f"{cat}/test/{name}",
                                     "file directly under test/ is not indexed; move it into a defect folder or out."))
@@ -198,7 +241,7 @@ def convert_mvtec_style(root: Path, m: Manifest, b: _Builder) -> None:
                 img = f"{cat}/test/{d}/{n}"
                 b.add(img, b.pair(img, table, suffixes, used, gt / d), cat, 1, d)
             b.unpaired(table, used, gt / d, f"no matching image in {cat}/test/{d}/")
-        for d in _scan(gt)[0]:
+        for d in b.scan(gt)[0]:
             if d not in test_dirs:
                 b.unpaired(b.mask_table(gt / d, mask_exts), set(), gt / d, f"there is no {cat}/test/{d}/ folder")
 
@@ -255,7 +298,7 @@ def convert_image_folders(root: Path, m: Manifest, b: _Builder) -> None:
     forbidden: dict[str, str] = lay.get("forbidden_dirs") or {}
     excluded: dict[str, str] = lay.get("excluded_dirs") or {}
     exts = _exts(lay, "image_exts")
-    dirs, files = _scan(base)
+    dirs, files = b.scan(base)
     for name in files:
         if name not in INDEX_FILES and not _hidden(name) and not (pre == "" and _ext(name) in {"csv", "txt", "md", "json", "zip"}):
             b.issues.append(warning("stray_file", f"{pre}{name}", "file is not indexed; move it out."))
@@ -341,7 +384,7 @@ def convert_isic(root: Path, m: Manifest, b: _Builder) -> None:
                               f"mask folder missing; expected one of {', '.join(lay['mask_dirs'])}."))
         return
     table, used = b.mask_table(mask_dir, _exts(lay, "mask_exts")), set()
-    for d in lay.get("image_dirs") or _scan(parent)[0]:
+    for d in lay.get("image_dirs") or b.scan(parent)[0]:
         rel = f"{lay['image_parent']}/{d}".removeprefix("./")
         for n in b.images(parent / d, _exts(lay, "image_exts")):
             if d in lay["normal_dirs"]:
@@ -356,7 +399,7 @@ def convert_images_masks(root: Path, m: Manifest, b: _Builder) -> None:
     lay = b.layout
     cat, mask_dir = m.categories[0], root / lay["mask_dir"]
     if lay.get("any_image_dir"):
-        dirs, files = _scan(root)
+        dirs, files = b.scan(root)
         for name in files:
             if name not in INDEX_FILES and not _hidden(name):
                 b.issues.append(warning("stray_file", name, "file at the dataset root: the released endoTect.py "
@@ -395,7 +438,7 @@ def convert_dagm(root: Path, m: Manifest, b: _Builder) -> None:
         if not tdir.is_dir():
             b.issues.append(error("missing_folder", f"{cat}/{split}/", "folder missing (expected DAGM_KaggleUpload layout)."))
             continue
-        dirs, files = _scan(tdir)
+        dirs, files = b.scan(tdir)
         for d in dirs:
             if d != label_dir:
                 b.issues.append(warning("stray_folder", f"{cat}/{split}/{d}/", "unexpected folder; not indexed."))
@@ -446,7 +489,56 @@ def convert(m: Manifest, root: str | os.PathLike[str], categories: list[str] | N
     layout = pick_layout(m, root)
     b = _Builder(root, [c for c in m.categories if c in cats], layout)
     CONVERTERS[layout["converter"]](root, m, b)
-    return b.frame(m.categories), b.issues
+    df = b.frame(m.categories)
+    issues = list(dict.fromkeys(b.issues + category_issues(m, df, b.categories, b.issues)))
+    return df, issues
+
+
+def category_issues(m: Manifest, df: pd.DataFrame, categories: list[str], found: list[Issue]) -> list[Issue]:
+    """An indexed category with no image is an error; one with a single label, a warning saying which
+    metrics it leaves undefined (they would otherwise show up only as NaN in a JSON file)."""
+    issues: list[Issue] = []
+    reported = {i.file.split("/", 1)[0] for i in found if i.kind == "missing_folder"}
+    labels = df.groupby("category")["label"].agg(["min", "max"]) if len(df) else None
+    for cat in categories:
+        if labels is None or cat not in labels.index:
+            if cat not in reported and len(df):  # an empty dataset is reported as a whole by build_index
+                issues.append(error(
+                    "empty_category", f"{cat}/",
+                    f"category {cat!r} has no test images (its folders are empty or hold no "
+                    f"{'/'.join(sorted(_exts(m.layout, 'image_exts')))} files); restore it from the archive, "
+                    f"or leave it out explicitly (categories=[...]). Its metrics would be missing from the mean."))
+            continue
+        lo, hi = int(labels.at[cat, "min"]), int(labels.at[cat, "max"])
+        if lo == hi and m.eval_level in ("image", "both"):
+            only = "normal" if lo == 0 else "anomalous"
+            issues.append(warning(
+                "single_label", f"{cat}/",
+                f"only {only} images in category {cat!r}: its image-level metrics (AUROC, AP, F1-max) are "
+                "undefined and it is left out of the dataset mean. Add the missing "
+                f"{'anomalous' if lo == 0 else 'normal'} images (check the archive)."))
+    return issues
+
+
+def suggest_root(m: Manifest, root: Path, limit: int = 64) -> Path | None:
+    """A sub-folder of ``root`` that holds dataset ``m`` when ``root`` itself does not (one level too high,
+    e.g. /data instead of /data/mvtec, or mvtec_anomaly_detection/ holding mvtec/): the child whose
+    listing indexes the most images. None if there is none. Listing only, so cheap."""
+    try:
+        children = sorted(d for d in _scan(root, [])[0] if not _hidden(d))
+    except OSError:
+        return None
+    preferred = [c for c in children if c.lower() in {m.key, m.released_key.lower()}]
+    best, best_n = None, 0
+    for child in (preferred + [c for c in children if c not in preferred])[:limit]:
+        try:
+            b = _Builder(root / child, list(m.categories), pick_layout(m, root / child))
+            CONVERTERS[b.layout["converter"]](root / child, m, b)
+        except (OSError, KeyError, ValueError, DataError, pd.errors.ParserError):
+            continue
+        if len(b.rows) > best_n:
+            best, best_n = root / child, len(b.rows)
+    return best
 
 
 def pick_layout(m: Manifest, root: Path) -> dict:

@@ -39,14 +39,38 @@ def load_rgb(path: Path) -> Image.Image:
                 return im.copy()
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
-                im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+            if im.mode in WIDE_MODES:
+                im = Image.fromarray(to_uint8(np.asarray(im)), mode="L")
             return im.convert("RGB")
     except OPEN_ERRORS as err:
         raise DataError(f"cannot read image {path} ({type(err).__name__}: {err}); re-extract it from the "
                         "archive or remove it from the index (run `glocal data check --deep`).") from None
+
+
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16/32-bit integer and 32-bit float single-band images
+
+
+def to_uint8(arr: np.ndarray) -> np.ndarray:
+    """A 16/32-bit integer or float image as 8-bit grey (PIL's own convert clips these to black/white).
+
+    Values already in 0..255 are kept; a float image in [0, 1] is scaled by 255; anything else
+    (12/16-bit CT or MRI, Hounsfield units, float intensities) is stretched linearly from its own
+    minimum to its own maximum, the usual default window of medical viewers. NaN/inf become 0.
+    """
+    a = np.asarray(arr, dtype=np.float64)
+    finite = np.isfinite(a)
+    a = np.where(finite, a, 0.0)
+    lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 0.0)
+    if lo >= 0 and hi <= 1 and arr.dtype.kind == "f":
+        a = a * 255.0
+    elif lo < 0 or hi > 255:
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+    return np.clip(a + 0.5, 0, 255).astype(np.uint8)
+
+
+def binary_array(im: Image.Image) -> np.ndarray:
+    """Mask pixels > 0, on the raw values for 16/32-bit and float masks (an 'L' conversion would round 0.4 to 0)."""
+    return (np.asarray(im) if im.mode in WIDE_MODES else np.asarray(im.convert("L"))) > 0
 
 
 def image_tensor(img: Image.Image, size: int) -> torch.Tensor:
@@ -59,7 +83,7 @@ def load_mask(path: Path, size: int) -> torch.Tensor:
     """Binary {0,1} float mask of shape (size, size), binarised like the released loader."""
     try:
         with Image.open(path) as im:
-            binary = np.asarray(im.convert("L")) > 0
+            binary = binary_array(im)
     except OPEN_ERRORS as err:
         raise DataError(f"cannot read mask {path} ({type(err).__name__}: {err}); restore it from the archive.") from None
     resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize((size, size), Image.Resampling.BILINEAR)

@@ -9,12 +9,13 @@ default: ``$GLOCAL_INDEX_DIR`` or ``~/.cache/glocal_repro/index/<key>-<hash of r
 from __future__ import annotations
 
 import os
+import posixpath
 import warnings
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pandas as pd
 
-from glocal_lib.data.converters import INDEX_COLUMNS, convert
+from glocal_lib.data.converters import INDEX_COLUMNS, convert, suggest_root
 from glocal_lib.data.issues import ERROR, format_issues, raise_if_errors
 from glocal_lib.data.registry import load_manifest
 from glocal_lib.errors import DataError
@@ -37,9 +38,11 @@ def build_index(key: str, root: PathLike, strict: bool = True, categories: list[
     """
     m = load_manifest(key)
     df, issues = convert(m, root, categories)
-    if len(df) == 0 and any(i.severity == ERROR for i in issues):
-        raise DataError(f"no test images found for {m.name} under {root}:\n{format_issues(issues, 5)}\n"
-                        f"{m.how_to_get()}")
+    if len(df) == 0:
+        better = suggest_root(m, Path(root))
+        hint = (f"\n{better} holds {m.name}: did you mean --root {better}?" if better is not None
+                else f"\n{m.how_to_get()}")
+        raise DataError(f"no test images found for {m.name} under {root}:\n{format_issues(issues, 5)}{hint}")
     if strict:
         raise_if_errors(issues, f"dataset {m.key!r} at {root}")
     others = [i for i in issues if i.severity != ERROR]
@@ -79,18 +82,34 @@ def is_absolute(p: str) -> bool:
     return bool(p) and (PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute())
 
 
+def escapes_root(p: str) -> bool:
+    """Whether a relative path climbs out of the dataset root (``../x``, ``a/../../x``)."""
+    norm = posixpath.normpath(str(p).replace("\\", "/"))
+    return norm == ".." or norm.startswith("../")
+
+
+def _row(i: int) -> str:
+    return f"row {i} (CSV line {i + 2})"
+
+
 def check_index_frame(df: pd.DataFrame, where: str) -> None:
-    """Columns present, labels 0/1, paths relative: the invariants every consumer relies on."""
+    """Columns present, labels 0/1, paths relative and inside the root: what every consumer relies on."""
     missing = [c for c in INDEX_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"index {where} lacks columns {missing}; rebuild it with `glocal data index`.")
     bad = ~df["label"].isin([0, 1])
     if bad.any():
-        raise DataError(f"index {where}: labels must be 0 or 1 (row {int(bad.idxmax())}); rebuild the index.")
-    absolute = [p for p in pd.concat([df["image_path"], df["mask_path"]]) if is_absolute(p)]
-    if absolute:
-        raise DataError(f"index {where} holds absolute paths (e.g. {absolute[0]}); paths must be relative to the "
-                        "dataset root. Rebuild it, or read meta.json with read_meta_json (it makes them relative).")
+        i = int(bad.to_numpy().argmax())
+        raise DataError(f"index {where} {_row(i)}: label {df['label'].iloc[i]!r} must be 0 or 1; rebuild the index.")
+    for col in ("image_path", "mask_path"):
+        for i, p in enumerate(df[col]):
+            if is_absolute(p):
+                raise DataError(f"index {where} holds absolute paths ({_row(i)}, {col}: {p}); paths must be "
+                                "relative to the dataset root. Rebuild it, or read meta.json with read_meta_json (it makes them "
+                                "relative).")
+            if escapes_root(p):
+                raise DataError(f"index {where} {_row(i)}, {col}: {p} points outside the dataset root; every path "
+                                "must stay inside it. Rebuild the index with `glocal data index`.")
 
 
 def read_index(path: PathLike) -> pd.DataFrame:
@@ -98,11 +117,17 @@ def read_index(path: PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"index file not found: {path}; create it with `glocal data index <dataset> --root PATH`.")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"index {path} is not a readable CSV ({str(err).strip().splitlines()[0]}); expected the "
+                        f"columns {', '.join(INDEX_COLUMNS)}. Rebuild it with `glocal data index`.") from None
     if "label" in df.columns:
-        try:
-            df["label"] = df["label"].astype("int64")
-        except ValueError as err:
-            raise DataError(f"index {path}: non-integer label ({err}); rebuild the index.") from None
+        labels = pd.to_numeric(df["label"].str.strip(), errors="coerce")
+        if not labels.isin([0, 1]).all():
+            i = int((~labels.isin([0, 1])).to_numpy().argmax())
+            raise DataError(f"index {path} {_row(i)}, label: {df['label'].iloc[i]!r} is not 0 or 1; fix the row or "
+                            "rebuild the index.") from None
+        df["label"] = labels.astype("int64")
     check_index_frame(df, str(path))
     return df[INDEX_COLUMNS].reset_index(drop=True)

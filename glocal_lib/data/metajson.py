@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from glocal_lib.data.converters import INDEX_COLUMNS
-from glocal_lib.data.index import check_index_frame, is_absolute
+from glocal_lib.data.index import check_index_frame, escapes_root, is_absolute
 from glocal_lib.data.registry import Manifest, load_manifest
 from glocal_lib.errors import DataError
 from glocal_lib.io import atomic_write_text
@@ -83,25 +83,52 @@ def read_meta_json(path: PathLike, key: str, root: PathLike | None = None, split
     m = load_manifest(key)
     root = Path(root) if root is not None else path.parent
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        meta = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path} is not valid JSON ({err}); regenerate it.") from None
     wanted = {k.lower(): k for k in meta} if isinstance(meta, dict) else {}
     if split.lower() not in wanted:
         raise DataError(f"{path} has no {split!r} section (keys: {list(meta) if isinstance(meta, dict) else '?'}).")
     section, rel, rows = meta[wanted[split.lower()]], _Relativiser(root, str(path)), []
+    if not isinstance(section, dict):
+        raise DataError(f"{path}: the {split!r} section must map class names to lists of records; regenerate it.")
     for cls, records in section.items():
-        for r in records:
-            if any(k not in r for k in RECORD_KEYS):
-                raise DataError(f"{path}: record {r} in class {cls!r} lacks one of {RECORD_KEYS}; regenerate meta.json.")
-            label = int(r["anomaly"])
+        for r in records if isinstance(records, list) else [records]:
+            label, image, mask = _checked_record(r, cls, path, text)
             defect = "good" if label == 0 else (r["specie_name"] or "anomaly")
-            rows.append((rel(r["img_path"]), rel(r["mask_path"]), str(r["cls_name"]), label, defect, split.lower()))
+            paths = (rel(image), rel(mask))
+            for field_, p in zip(("img_path", "mask_path"), paths):
+                if escapes_root(p):
+                    raise DataError(f"{path} line {_line_of(text, r.get(field_))}, {field_}: {r[field_]} points "
+                                    f"outside the dataset root {root}; every path must stay inside it. Fix the "
+                                    "record or regenerate meta.json.")
+            rows.append((*paths, str(r["cls_name"]), label, defect, split.lower()))
     df = pd.DataFrame(rows, columns=INDEX_COLUMNS).astype({"label": "int64"})
     unknown = sorted(set(df["category"]) - set(m.categories))
     if unknown:
         raise DataError(f"{path}: unknown categories {unknown} for {m.name}; expected {m.categories}.")
     return df
+
+
+def _line_of(text: str, value: object) -> int | str:
+    """1-based line of the first occurrence of a JSON value in the file text ('?' if not found)."""
+    pos = text.find(json.dumps(value)) if value is not None else -1
+    return text.count("\n", 0, pos) + 1 if pos >= 0 else "?"
+
+
+def _checked_record(r: object, cls: str, path: Path, text: str) -> tuple[int, str, str]:
+    """(label, img_path, mask_path) of one meta.json record, or a DataError naming the file, line and field."""
+    if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS):
+        raise DataError(f"{path}: record {r} in class {cls!r} lacks one of {RECORD_KEYS}; regenerate meta.json.")
+    where = f"{path} line {_line_of(text, r['img_path'])}"
+    for key in ("img_path", "mask_path", "cls_name", "specie_name"):
+        if not isinstance(r[key], str):
+            raise DataError(f"{where}, {key}: {r[key]!r} must be a string (\"\" for none); fix the record.")
+    label = r["anomaly"]
+    if isinstance(label, bool) or label not in (0, 1):
+        raise DataError(f"{where}, anomaly: {label!r} is not 0 or 1; write 0 (normal) or 1 (anomalous) as a number.")
+    return int(label), r["img_path"], r["mask_path"]
 
 
 def to_meta_dict(index: pd.DataFrame, key: str) -> dict[str, dict[str, list[dict]]]:

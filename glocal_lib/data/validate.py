@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from glocal_lib.data.converters import convert
+from glocal_lib.data.converters import convert, suggest_root
 from glocal_lib.data.index import check_index_frame, is_absolute
 from glocal_lib.data.issues import ERROR, WARNING, Issue, error, format_issues, issues_frame, warning
 from glocal_lib.data.registry import Manifest, load_manifest
@@ -175,6 +175,34 @@ def compare_counts(m: Manifest, index: pd.DataFrame, expected: pd.DataFrame | No
     return counts, issues
 
 
+EXPECTED_COLUMNS = ("category", "test_normal", "test_anomalous")
+
+
+def read_expected(path: PathLike) -> pd.DataFrame:
+    """An expected-counts CSV (category,test_normal,test_anomalous), or a DataError naming the line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"expected-counts file not found: {path}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not a readable CSV ({str(err).strip().splitlines()[0]}); expected the header "
+                        f"{','.join(EXPECTED_COLUMNS)} and one row per category.") from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in EXPECTED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {', '.join(missing)} (has {', '.join(df.columns)}); expected "
+                        f"the header {','.join(EXPECTED_COLUMNS)}.")
+    out = df[list(EXPECTED_COLUMNS)].copy()
+    for col in EXPECTED_COLUMNS[1:]:
+        for i, v in enumerate(out[col]):
+            if not v.strip().isdigit():
+                raise DataError(f"{path} line {i + 2}, {col}: {v!r} is not a whole number of images; fix the value.")
+        out[col] = out[col].astype("int64")
+    out["category"] = out["category"].str.strip()
+    return out
+
+
 def validate_dataset(key: str, root: PathLike, index: pd.DataFrame | None = None,
                      expected: pd.DataFrame | None = None, deep: bool = False, check_counts: bool = True,
                      raise_on_error: bool = True, categories: list[str] | None = None) -> ValidationReport:
@@ -191,6 +219,10 @@ def validate_dataset(key: str, root: PathLike, index: pd.DataFrame | None = None
     issues: list[Issue] = []
     if index is None:
         index, issues = convert(m, root, categories)
+        better = suggest_root(m, root) if len(index) == 0 else None
+        if better is not None:
+            issues.insert(0, error("wrong_root", "./", f"no {m.name} images here, but {better} holds them: "
+                                   f"pass --root {better} (the root is one level too high)."))
     else:
         check_index_frame(index, "the given index")
     if expected is None and categories is not None:

@@ -34,6 +34,9 @@ progress = False                  # engine progress bars'''
 OPEN = '''from IPython.display import Markdown, display
 
 from glocal_lib.experiments import open_reproduction
+from glocal_lib.experiments.parameters import check_notebook_parameters
+
+check_notebook_parameters(globals())  # refuses unknown names (a typo such as `dataset`) and wrong types
 
 repro = open_reproduction(profile=profile, preset=preset, datasets=datasets, methods=methods,
                           results_root=results_root, data_root=data_root, cache_dir=cache_dir,

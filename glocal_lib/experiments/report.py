@@ -100,8 +100,10 @@ def build_index(registry: Registry, root: str | Path, profile: Any, title: str =
         n_present += present
         (table_cards if art["kind"] in table_kinds else figure_cards).append(card)
     notebooks = sorted((root / NOTEBOOKS_DIR).glob("*.ipynb")) if (root / NOTEBOOKS_DIR).is_dir() else []
-    nb_links = " ".join(f"<a href='{NOTEBOOKS_DIR}/{html.escape(p.name)}'>{html.escape(p.name)}</a>"
-                        for p in notebooks) or "none yet"
+    # nb.INCOMPLETE.ipynb is the one executing now (this index is drawn by the last notebook): it is
+    # renamed nb.ipynb when it finishes; nb.FAILED / nb.INTERRUPTED keep their names, shown as such
+    names = sorted({p.name.replace(".INCOMPLETE.", ".") for p in notebooks})
+    nb_links = " ".join(f"<a href='{NOTEBOOKS_DIR}/{html.escape(n)}'>{html.escape(n)}</a>" for n in names) or "none yet"
     profile_name = html.escape(str(getattr(profile, "name", profile)))
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",

@@ -19,6 +19,7 @@ from typing import Any
 
 from glocal_lib.errors import ConfigError, GlocalError
 from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, write_notebooks
+from glocal_lib.experiments.parameters import check_parameters
 from glocal_lib.experiments.registry import DEFAULT_GLOCAL_PRESET, GLOCAL_PRESETS, load_registry
 from glocal_lib.io import atomic_write_json
 
@@ -85,6 +86,29 @@ def _failure(nb: str, out_path: Path, log_path: Path, err: Exception) -> Noteboo
         f"  executed notebook (with the traceback): {out_path}\n  log: {log_path}")
 
 
+INCOMPLETE, FAILED, INTERRUPTED = "INCOMPLETE", "FAILED", "INTERRUPTED"
+
+
+def outcome_path(out_path: Path, outcome: str | None) -> Path:
+    """``nb.ipynb`` for a notebook that ran to the end, ``nb.<OUTCOME>.ipynb`` otherwise."""
+    return out_path if outcome is None else out_path.with_suffix(f".{outcome}.ipynb")
+
+
+def settle(running: Path, out_path: Path, outcome: str | None) -> Path:
+    """Give the executed notebook its final name: finished (``outcome`` None), FAILED or INTERRUPTED.
+
+    Only one of ``nb.ipynb`` / ``nb.FAILED.ipynb`` / ``nb.INTERRUPTED.ipynb`` is left, the one of this
+    execution, so a notebook from an earlier run can never pass for the outcome of this one.
+    """
+    final = outcome_path(out_path, outcome)
+    for other in (None, FAILED, INTERRUPTED):
+        if other != outcome:
+            outcome_path(out_path, other).unlink(missing_ok=True)
+    if running.exists():
+        os.replace(running, final)
+    return final
+
+
 def run_notebooks(names: Sequence[str], parameters: dict[str, Any], out_dir: Path, *,
                   source_dir: Path | None = None, timeout: int | None = None, echo: bool = True) -> dict[str, float]:
     """Execute notebooks in order with papermill; returns seconds per notebook."""
@@ -104,15 +128,21 @@ def run_notebooks(names: Sequence[str], parameters: dict[str, Any], out_dir: Pat
             if echo:
                 print(f"[reproduce] {nb} ...", flush=True)
             t = time.perf_counter()
+            running = outcome_path(out_path, INCOMPLETE)  # renamed to out_path only once every cell ran
             with open(log_path, "w", encoding="utf-8") as log:
                 try:
-                    pm.execute_notebook(str(src), str(out_path), parameters=parameters, kernel_name=KERNEL_NAME,
+                    pm.execute_notebook(str(src), str(running), parameters=parameters, kernel_name=KERNEL_NAME,
                                         cwd=os.getcwd(), log_output=True, stdout_file=log, stderr_file=log,
                                         progress_bar=False, execution_timeout=timeout)
                 except pm.PapermillExecutionError as err:
-                    raise _failure(nb, out_path, log_path, err) from None
+                    raise _failure(nb, settle(running, out_path, FAILED), log_path, err) from None
                 except Exception as err:  # kernel died, timeout, missing kernel...
-                    raise _failure(nb, out_path, log_path, err) from err
+                    raise _failure(nb, settle(running, out_path, FAILED), log_path, err) from err
+                except BaseException:  # Ctrl-C / SystemExit: the partial notebook must not look finished
+                    partial = settle(running, out_path, INTERRUPTED)
+                    print(f"[reproduce] {nb} interrupted; partial notebook: {partial}", file=sys.stderr, flush=True)
+                    raise
+            settle(running, out_path, None)
             timings[nb] = time.perf_counter() - t
             if echo:
                 print(f"[reproduce] {nb} done in {timings[nb]:.1f} s -> {out_path}", flush=True)
@@ -183,6 +213,7 @@ def reproduce_cli(argv: Sequence[str]) -> int:
                   "data_root": str(Path(profile.data_root).resolve()),
                   "cache_dir": str(Path(profile.cache_dir).resolve()),
                   "device": args.device, "precision": args.precision, "progress": False}
+    check_parameters(parameters, source="parameter passed to the notebooks")
     t = time.perf_counter()
     timings = run_notebooks(names, parameters, root, timeout=args.timeout)
     total = time.perf_counter() - t
@@ -193,11 +224,9 @@ def reproduce_cli(argv: Sequence[str]) -> int:
 
 
 def main() -> int:  # python -m glocal_lib.experiments.reproduce
-    try:
-        return reproduce_cli(sys.argv[1:])
-    except GlocalError as err:
-        print(f"glocal reproduce: error: {err}", file=sys.stderr)
-        return 1
+    from glocal_lib.cli import run_entry_point
+
+    return run_entry_point("glocal reproduce", reproduce_cli)
 
 
 if __name__ == "__main__":

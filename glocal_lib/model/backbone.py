@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from glocal_lib.errors import ConfigError, WeightsError
+from glocal_lib.errors import ConfigError, WeightsError, describe_load_failure
 from glocal_lib.io import atomic_save_torch, sha256_file
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -158,9 +158,9 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
         raise
     except Exception as exc:  # any parse failure means the file is not usable weights
         raise WeightsError(
-            f"Could not read weight file {path} ({type(exc).__name__}: {exc}). Expected an OpenAI TorchScript "
+            f"{path} is not a CLIP weight file ({describe_load_failure(exc)}). Expected an OpenAI TorchScript "
             f"archive, an OpenAI-format state dict (.pt/.pth) or an open_clip .bin/.safetensors.{_where_to_get(path.name)}"
-        ) from exc
+        ) from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError, WeightsError, describe_load_failure
 from ..io import atomic_save_torch
 from .detector import GlocalDetector
 from .prompts import LearnedPrompts
@@ -46,7 +46,8 @@ def load_torch_file(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise WeightsError(f"cannot read checkpoint {path} with torch.load(weights_only=True): {exc}") from exc
+        raise WeightsError(f"{path} is not a readable checkpoint ({describe_load_failure(exc)}); expected a .pt "
+                           "written by `glocal train` or the released prompt checkpoint format.") from None
 
 
 def checkpoint_kind(obj: Any) -> str:

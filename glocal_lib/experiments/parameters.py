@@ -1,0 +1,136 @@
+"""The notebooks' parameters: names and types checked before anything runs.
+
+Papermill injects ``-p NAME VALUE`` as plain assignments after the ``parameters`` cell, whatever the
+name: a typo such as ``-p dataset visa`` would otherwise leave ``datasets = None`` and silently run
+every dataset. The known names are the ones the ``parameters`` cell assigns (notebooks.PARAMETERS,
+the single source), so a new parameter needs no second list here, only its rule if it is not a
+plain optional string.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any
+
+from glocal_lib.errors import ConfigError, GlocalError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _optional_str(v: Any) -> bool:
+    return v is None or isinstance(v, str | os.PathLike)
+
+
+def _name_list(v: Any) -> bool:
+    return v is None or isinstance(v, str) or (isinstance(v, list | tuple) and all(isinstance(x, str) for x in v))
+
+
+def _choices(options: Callable[[], tuple[str, ...]], optional: bool = False) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        return (optional and v is None) or (isinstance(v, str) and v in options())
+
+    return ok
+
+
+def _profiles() -> tuple[str, ...]:
+    from glocal_lib.engine.profiles import available_profiles
+
+    return tuple(available_profiles())
+
+
+def _presets() -> tuple[str, ...]:
+    from glocal_lib.experiments.registry import GLOCAL_PRESETS
+
+    return tuple(GLOCAL_PRESETS)
+
+
+# name -> (check, what is accepted); names without a rule are optional strings (paths, device)
+RULES: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
+    "profile": (_choices(_profiles), lambda: f"one of {', '.join(_profiles())}"),
+    "preset": (_choices(_presets), lambda: f"one of {', '.join(_presets())}"),
+    "datasets": (_name_list, lambda: 'None, a list of names (["visa", "mvtec"]) or a string ("visa,mvtec")'),
+    "methods": (_name_list, lambda: 'None, a list of names (["GlocalCLIP"]) or a string ("GlocalCLIP,CoOp")'),
+    "only": (_name_list, lambda: 'None, a list of artifact ids (["T1", "F5"]) or a string ("T1,F5")'),
+    "precision": (_choices(lambda: PRECISIONS, optional=True), lambda: f"None or one of {', '.join(PRECISIONS)}"),
+    "progress": (lambda v: isinstance(v, bool), lambda: "True or False"),
+}
+
+
+@cache
+def parameter_defaults() -> dict[str, Any]:
+    """Name -> default of every parameter, read from the notebooks' ``parameters`` cell."""
+    from glocal_lib.experiments.notebooks import PARAMETERS
+
+    out: dict[str, Any] = {}
+    for node in ast.parse(PARAMETERS).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+    return out
+
+
+def check_parameters(values: Mapping[str, Any], source: str = "notebook parameter") -> dict[str, Any]:
+    """Refuse unknown names and values of the wrong type, naming the parameter and what it accepts."""
+    known = parameter_defaults()
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, known, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"unknown {source}{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                          f"the known ones are: {', '.join(known)}.")
+    for name, value in values.items():
+        check, accepted = RULES.get(name, (_optional_str, lambda: "None or a string"))
+        if not check(value):
+            raise ConfigError(f"{source} {name} = {value!r} ({type(value).__name__}) is not valid; expected "
+                              f"{accepted()}. With papermill: -p {name} VALUE (-r for a raw string).")
+    return dict(values)
+
+
+@cache
+def _cell_names() -> frozenset[str]:
+    """Names the notebooks' own cells assign (``data``, ``ids``...): not parameters, even when a cell is rerun."""
+    from glocal_lib.experiments import notebooks as nbs
+
+    sources = [nbs.OPEN, nbs.SHOW_TABLES, nbs.SHOW_FIGURES] + [src for _, cells in nbs.NOTEBOOKS.values()
+                                                              for kind, src in cells if kind == "code"]
+    return frozenset(n.id for src in sources for n in ast.walk(ast.parse(src))
+                     if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+
+
+def _is_user_value(name: str, value: Any) -> bool:
+    """Variables a notebook user or papermill set: plain data, not IPython's In/Out/_, imports or cell results."""
+    if name.startswith("_") or name in {"In", "Out", "exit", "quit", "get_ipython"} or name in _cell_names():
+        return False
+    return value is None or isinstance(value, str | bool | int | float | list | tuple | dict | os.PathLike)
+
+
+def _short_glocal_errors() -> None:
+    """In a kernel, show a GlocalError as its message (the error still fails the cell and papermill).
+
+    The message says what to fix; the traceback into the library only helps with GLOCAL_DEBUG=1.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or os.environ.get("GLOCAL_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return
+
+    def handler(sh: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> list[str]:
+        stb = [f"{etype.__name__}: {value}", "(set GLOCAL_DEBUG=1 for the traceback)"]
+        sh._showtraceback(etype, value, stb)  # an error output: the cell (and papermill) still fail
+        return stb
+
+    shell.set_custom_exc((GlocalError,), handler)
+
+
+def check_notebook_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """First call of every notebook: short error messages, then the parameters checked (see module doc)."""
+    _short_glocal_errors()
+    return check_parameters({k: v for k, v in namespace.items() if _is_user_value(k, v)})
