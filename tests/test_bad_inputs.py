@@ -410,3 +410,34 @@ def test_module_entry_points_end_in_a_short_message(argv):
     assert proc.returncode == 1, proc.stderr
     assert "error:" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) < 15
+
+
+# ------------------------------------------------------------------ undefined metrics are visible
+def test_undefined_metrics_are_explained_where_the_numbers_are_read(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from glocal_lib.engine.cli import _print_undefined
+    from glocal_lib.metrics import category_metrics
+    from glocal_lib.metrics.inputs import UndefinedMetricWarning
+    from glocal_lib.metrics.summary import explain_undefined
+
+    rng = np.random.default_rng(0)
+    labels = {"01": [0, 1, 0, 1], "zipper": [1, 1, 1], "screw": [0, 0]}
+    data = {c: {"scores": rng.random(len(y)), "labels": np.array(y)} for c, y in labels.items()}
+    with pytest.warns(UndefinedMetricWarning):
+        table = category_metrics(data, "mvtec")  # the metrics layer's own verdict: NaN for one-label categories
+    per_cat = {c: {m: (None if np.isnan(v) else v) for m, v in g.set_index("metric")["value"].items()}
+               for c, g in table[table["category"] != "mean"].groupby("category")}
+    lines = explain_undefined(per_cat, labels)
+    assert len(lines) == 2
+    assert any("only anomalous images in category 'zipper' (image_auroc, image_ap" in x for x in lines)
+    assert any("only normal images in category 'screw'" in x for x in lines)
+    # what `glocal eval` prints for a finished run (BTAD-like '01' stays a string)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"per_category": per_cat}))
+    rows = [(f"{c}/{i}.png", c, y, 0.5) for c, ys in labels.items() for i, y in enumerate(ys)]
+    pd.DataFrame(rows, columns=["image_path", "category", "label", "score"]).to_csv(run / "scores.csv", index=False)
+    _print_undefined(SimpleNamespace(path=run, metrics_json=lambda: json.loads((run / "metrics.json").read_text())))
+    out = capsys.readouterr().out
+    assert "undefined: only anomalous images in category 'zipper'" in out and "'01'" not in out

@@ -79,6 +79,18 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _print_undefined(run: Any) -> None:
+    """Say which categories have undefined metrics (one label only...) instead of a silent NaN."""
+    import pandas as pd
+
+    from glocal_lib.metrics.summary import explain_undefined
+
+    scores = pd.read_csv(run.path / "scores.csv", dtype={"category": str}, keep_default_na=False)
+    labels = {str(c): g["label"].tolist() for c, g in scores.groupby("category", sort=False)}
+    for line in explain_undefined(run.metrics_json().get("per_category", {}), labels):
+        print(f"  {line}")
+
+
 def eval_cli(argv: Sequence[str] | None = None) -> int:
     """glocal eval: evaluate a trained (or zero-shot) model on datasets; prints folders and mean metrics."""
     import pandas as pd
@@ -114,6 +126,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
                         samples_per_category=args.samples_per_category, use_cache=not args.no_cache)
         run = load_run(run_eval(spec, profile, progress=not args.quiet))
         print(run.path)
+        _print_undefined(run)
         m = run.metrics()
         tables.append(m[m["category"] == "mean"])
     table = pd.concat(tables).pivot(index="dataset", columns="metric", values="value") * 100

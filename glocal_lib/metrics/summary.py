@@ -151,3 +151,27 @@ def _mean(metric: str, by_category: Mapping[str, float]) -> float:
     if not defined:
         return float("nan")
     return float(np.mean(list(defined.values())))
+
+
+def explain_undefined(per_category: Mapping[str, Mapping[str, float | None]],
+                      labels: Mapping[str, Sequence[int]]) -> list[str]:
+    """One line per category with undefined (NaN/None) metrics, saying which and why.
+
+    ``per_category``: metric values by category (metrics.json of an eval run); ``labels``: the 0/1
+    image labels of each category. Printed by ``glocal eval`` so a category that cannot be scored is
+    visible where the numbers are read, not only as a null in a JSON file.
+    """
+    lines = []
+    for cat, values in per_category.items():
+        missing = [m for m, v in values.items() if v is None or not np.isfinite(v)]
+        if not missing:
+            continue
+        y = np.asarray(labels.get(cat, []), dtype=int)
+        if len(y) and (y == 0).all():
+            why = "only normal images"
+        elif len(y) and (y == 1).all():
+            why = "only anomalous images" if any(m in IMAGE_METRICS for m in missing) else "no defect pixels"
+        else:
+            why = "no defect pixels in its masks" if all(m in PIXEL_METRICS for m in missing) else "a single label"
+        lines.append(f"undefined: {why} in category {cat!r} ({', '.join(missing)}); left out of the dataset mean")
+    return lines
