@@ -343,6 +343,7 @@ def _fake_papermill(monkeypatch, behaviour):
     import papermill as pm
 
     def execute_notebook(src, out, **kw):
+        assert Path(out).name.endswith(".INCOMPLETE.ipynb")  # what a kill -9 leaves: never the finished name
         Path(out).write_text('{"cells": [], "partial": true}')  # papermill writes as it goes
         behaviour()
 

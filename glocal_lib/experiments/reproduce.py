@@ -83,7 +83,8 @@ def _failure(nb: str, out_path: Path, log_path: Path, err: Exception) -> Noteboo
         where += f" (execution count {exec_count})"
     return NotebookFailed(
         f"notebook {nb}.ipynb failed in {where}{f' starting {first!r}' if first else ''}: {what}\n"
-        f"  executed notebook (with the traceback): {out_path}\n  log: {log_path}")
+        + (f"  executed notebook (with the traceback): {out_path}\n" if out_path.exists() else
+           "  (no executed notebook was written)\n") + f"  log: {log_path}")
 
 
 INCOMPLETE, FAILED, INTERRUPTED = "INCOMPLETE", "FAILED", "INTERRUPTED"
