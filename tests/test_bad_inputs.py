@@ -149,6 +149,9 @@ def test_paths_escaping_the_root_are_refused_with_file_and_line(tmp_path):
     line = text.splitlines().index('                "img_path": "../elsewhere/001.png",') + 1
     with pytest.raises(DataError, match=rf"meta\.json line {line}, img_path: \.\./elsewhere/001\.png points outside"):
         read_meta_json(root, "mvtec")
+    (root / "meta.json").write_text(text.replace("../elsewhere/001.png", "/srv/other/secret.png"))
+    with pytest.raises(DataError, match=rf"meta\.json line {line}: absolute path /srv/other/secret\.png is not under"):
+        read_meta_json(root, "mvtec")
 
 
 # ------------------------------------------------------------------ item 7: faults with a clear message
@@ -170,6 +173,9 @@ def test_malformed_expected_and_index_files(copy, tmp_path, capsys):
     assert main(["data", "check", "mvtec", "--root", str(copy), "--expected", str(exp)]) == 1
     err = capsys.readouterr().err
     assert "expected.csv line 2, test_anomalous: 'abc' is not a whole number" in err and "Traceback" not in err
+    exp.write_text("category,test_normal,test_anomalous\nbottel,20,63\n")
+    assert main(["data", "check", "mvtec", "--root", str(copy), "--expected", str(exp)]) == 1
+    assert "the expected counts name 'bottel', which is not a MVTec AD category" in capsys.readouterr().out
     exp.write_text("category;normal\nbottle;20\n")
     assert main(["data", "check", "mvtec", "--root", str(copy), "--expected", str(exp)]) == 1
     assert "lacks the column(s) category, test_normal, test_anomalous (has category;normal)" in capsys.readouterr().err
@@ -367,6 +373,19 @@ def test_interrupted_notebook_keeps_an_explicit_name(monkeypatch, tmp_path):
     _fake_papermill(monkeypatch, lambda: None)
     run_notebooks(["00_data"], {}, tmp_path / "out", source_dir=tmp_path, echo=False)
     assert sorted(p.name for p in nb_dir.iterdir()) == ["00_data.ipynb"]
+
+
+def test_kill_during_reproduce_is_an_interrupt(monkeypatch, tmp_path):
+    import signal
+
+    from glocal_lib.experiments.reproduce import run_notebooks, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    _fake_papermill(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        run_notebooks(["00_data"], {}, tmp_path / "out", source_dir=tmp_path, echo=False)
+    assert [p.name for p in (tmp_path / "out" / "notebooks").iterdir()] == ["00_data.INTERRUPTED.ipynb"]
+    assert signal.getsignal(signal.SIGTERM) == before  # restored afterwards
 
 
 # ------------------------------------------------------------------ item 8: one wrapper, --debug

@@ -42,11 +42,11 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
 
-def _scan(path: Path, unreadable: list[str] | None = None) -> tuple[list[str], list[str]]:
+def _scan(path: Path, unreadable: list[tuple[str, str]] | None = None) -> tuple[list[str], list[str]]:
     """Sorted (sub-folder names, file names) of a folder; ([], []) if it does not exist.
 
     Entries that cannot be followed (a symlink loop, a dangling link, no permission) are left out
-    and their names appended to ``unreadable``: converters never recurse, so a loop cannot hang them.
+    and (name, reason) appended to ``unreadable``: converters never recurse, so a loop cannot hang them.
     """
     dirs, files = [], []
     try:
@@ -58,7 +58,7 @@ def _scan(path: Path, unreadable: list[str] | None = None) -> tuple[list[str], l
                         raise OSError(f"dangling symbolic link to {os.readlink(e.path)}")
                 except OSError as err:
                     if unreadable is not None:
-                        unreadable.append(f"{e.name}\0{getattr(err, 'strerror', None) or err}")
+                        unreadable.append((e.name, err.strerror or str(err)))
                     continue
                 (dirs if is_dir else files).append(e.name)
     except FileNotFoundError:
@@ -66,7 +66,7 @@ def _scan(path: Path, unreadable: list[str] | None = None) -> tuple[list[str], l
     except OSError as err:  # the folder itself is a loop or unreadable
         if unreadable is None:
             raise
-        unreadable.append(f"\0{err.strerror or err}")
+        unreadable.append(("", err.strerror or str(err)))
     return sorted(dirs), sorted(files)
 
 
@@ -88,10 +88,9 @@ class _Builder:
 
     def scan(self, folder: Path) -> tuple[list[str], list[str]]:
         """``_scan`` that reports entries it cannot follow (symlink loops...) as errors naming them."""
-        bad: list[str] = []
+        bad: list[tuple[str, str]] = []
         out = _scan(folder, bad)
-        for entry in bad:
-            name, why = entry.split("\0", 1)
+        for name, why in bad:
             where = folder / name if name else folder
             rel = self.rel(where) if where.is_relative_to(self.root) else str(where)
             self.issues.append(error("unreadable_entry", rel, f"cannot be followed ({why}); it is not indexed. "

@@ -68,7 +68,7 @@ class _Relativiser:
             i = len(parts) - 1 - parts[::-1].index(self.root.name)
             self.prefix = PurePosixPath(*parts[: i + 1])
             return PurePosixPath(*parts[i + 1:]).as_posix()
-        raise DataError(f"{self.source}: absolute path {p} is not under the dataset root {self.root} and no part of "
+        raise DataError(f"absolute path {p} is not under the dataset root {self.root} and no part of "
                         "it exists there; regenerate meta.json for this machine or pass the right --root.")
 
 
@@ -97,7 +97,10 @@ def read_meta_json(path: PathLike, key: str, root: PathLike | None = None, split
         for r in records if isinstance(records, list) else [records]:
             label, image, mask = _checked_record(r, cls, path, text)
             defect = "good" if label == 0 else (r["specie_name"] or "anomaly")
-            paths = (rel(image), rel(mask))
+            try:
+                paths = (rel(image), rel(mask))
+            except DataError as err:
+                raise DataError(f"{path} line {_line_of(text, image)}: {err}") from None
             for field_, p in zip(("img_path", "mask_path"), paths):
                 if escapes_root(p):
                     raise DataError(f"{path} line {_line_of(text, r.get(field_))}, {field_}: {r[field_]} points "
@@ -121,13 +124,16 @@ def _checked_record(r: object, cls: str, path: Path, text: str) -> tuple[int, st
     """(label, img_path, mask_path) of one meta.json record, or a DataError naming the file, line and field."""
     if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS):
         raise DataError(f"{path}: record {r} in class {cls!r} lacks one of {RECORD_KEYS}; regenerate meta.json.")
-    where = f"{path} line {_line_of(text, r['img_path'])}"
+
+    def where() -> str:  # the line is looked up only for an error (a find in the whole text)
+        return f"{path} line {_line_of(text, r['img_path'])}"
+
     for key in ("img_path", "mask_path", "cls_name", "specie_name"):
         if not isinstance(r[key], str):
-            raise DataError(f"{where}, {key}: {r[key]!r} must be a string (\"\" for none); fix the record.")
+            raise DataError(f"{where()}, {key}: {r[key]!r} must be a string (\"\" for none); fix the record.")
     label = r["anomaly"]
     if isinstance(label, bool) or label not in (0, 1):
-        raise DataError(f"{where}, anomaly: {label!r} is not 0 or 1; write 0 (normal) or 1 (anomalous) as a number.")
+        raise DataError(f"{where()}, anomaly: {label!r} is not 0 or 1; write 0 (normal) or 1 (anomalous) as a number.")
     return int(label), r["img_path"], r["mask_path"]
 
 

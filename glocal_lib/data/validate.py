@@ -145,6 +145,9 @@ def compare_counts(m: Manifest, index: pd.DataFrame, expected: pd.DataFrame | No
                                                    found_anomalous=lambda s: int((s == 1).sum()))
     rows, issues = [], []
     tag = {str(c["name"]): c.get("tag", "?") for c in m.data["categories"]}
+    for cat in sorted(set(exp["category"]) - set(m.categories)):
+        issues.append(error("unknown_category", f"{cat}/", f"the expected counts name {cat!r}, which is not a "
+                            f"{m.name} category ({', '.join(m.categories)}); fix the name in the expected-counts file."))
     for r in exp.itertuples(index=False):
         fn, fa = (int(found.loc[r.category, "found_normal"]), int(found.loc[r.category, "found_anomalous"])) \
             if r.category in found.index else (0, 0)

@@ -9,11 +9,13 @@ written to a private folder for it), so a fresh virtual environment needs no `ip
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,23 @@ def settle(running: Path, out_path: Path, outcome: str | None) -> Path:
     if running.exists():
         os.replace(running, final)
     return final
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """``kill PID`` behaves like Ctrl-C: the notebook being executed is kept as nb.INTERRUPTED.ipynb."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_notebooks(names: Sequence[str], parameters: dict[str, Any], out_dir: Path, *,
@@ -216,7 +235,8 @@ def reproduce_cli(argv: Sequence[str]) -> int:
                   "device": args.device, "precision": args.precision, "progress": False}
     check_parameters(parameters, source="parameter passed to the notebooks")
     t = time.perf_counter()
-    timings = run_notebooks(names, parameters, root, timeout=args.timeout)
+    with sigterm_as_interrupt():
+        timings = run_notebooks(names, parameters, root, timeout=args.timeout)
     total = time.perf_counter() - t
     atomic_write_json(root / "logs" / "reproduce.json", {"argv": list(argv), "parameters": parameters,
                                                          "seconds": timings, "total_seconds": total})
