@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .checks import check_types, coerce_numbers
 from .errors import ConfigError
 from .io import read_yaml
 
@@ -83,6 +84,7 @@ class ModelConfig:
     precision: str = "fp32"  # autocast: fp32 (released) | bf16 | fp16
 
     def __post_init__(self) -> None:
+        check_types(self, "model config")
         _check_choice("method", self.method, METHODS)
         _check_choice("attention", self.attention, ATTENTIONS)
         _check_choice("anomaly_position", self.anomaly_position, POSITIONS)
@@ -133,14 +135,11 @@ class ModelConfig:
             raise ConfigError(
                 f"unknown ModelConfig option(s) {unknown}; known options: {sorted(known)}"
             )
-        kw = dict(d)
+        kw = coerce_numbers(cls, d)
         for k in ("fixed_templates", "feature_layers", "window_scales"):
-            if kw.get(k) is not None:
+            if isinstance(kw.get(k), list):
                 kw[k] = tuple(kw[k])
-        for k in ("normal_length", "anomaly_length", "deep_depth", "deep_length"):
-            if k in kw and not isinstance(kw[k], int):
-                raise ConfigError(f"{k} must be an integer, got {kw[k]!r}")
-        return cls(**kw)
+        return cls(**kw)  # __post_init__ checks every field's type
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

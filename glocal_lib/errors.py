@@ -45,3 +45,11 @@ def describe_load_failure(exc: BaseException) -> str:
         return "its bytes are not a PyTorch/pickle serialisation"
     first = text.strip().splitlines()[0][:200] if text.strip() else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+class RunError(GlocalError):
+    """A run could not be carried out or finished: non-finite loss, unwritable folder, lock, device."""
+
+
+class DiskFullError(RunError):
+    """No space left on the device a run, cache or checkpoint is written to."""

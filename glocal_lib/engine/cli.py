@@ -36,16 +36,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _profile(args: argparse.Namespace, kind: str) -> Any:
+def _profile(args: argparse.Namespace) -> Any:
     over: dict[str, Any] = dict(parse_override(o) for o in args.profile_set)
     mapping = {"data_root": args.data_root, "weights": args.weights, "backbone": args.backbone,
                "image_size": args.image_size, "device": args.device, "precision": args.precision}
     if args.results:
         mapping["results_root"] = args.results
-    if args.batch_size:
-        mapping["batch_size" if kind == "train" else "eval_batch_size"] = args.batch_size
-    if getattr(args, "epochs", None):
-        mapping["epochs"] = args.epochs
     over.update({k: v for k, v in mapping.items() if v is not None})
     return load_profile(args.profile, **over)
 
@@ -65,17 +61,19 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", help="short run name (default <preset>-<train dataset>)")
     p.add_argument("--epochs", type=int, help="epochs (profile default: smoke 2, paper 15)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard an unfinished run's progress (e.g. a corrupt checkpoint) and train it from scratch")
     _common(p)
     args = p.parse_args(argv)
-    profile = _profile(args, "train")
+    profile = _profile(args)
     preset = args.preset or "glocalclip-released"
     spec = TrainSpec(name=args.name or f"{preset}-{args.train_dataset}", train_dataset=args.train_dataset,
                      preset=preset, variant=_variant(args.variant),
                      overrides=dict(parse_override(o) for o in args.override), seed=args.seed, lr=args.lr,
-                     use_cache=not args.no_cache)
+                     epochs=args.epochs, batch_size=args.batch_size, use_cache=not args.no_cache)
     if profile.banner:
         print(f"[{profile.name}] {profile.banner}")
-    print(run_train(spec, profile, progress=not args.quiet))
+    print(run_train(spec, profile, progress=not args.quiet, restart=args.restart))
     return 0
 
 
@@ -108,9 +106,12 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sigma", type=float, help="Gaussian sigma of the maps (default: preset's, scaled to image size)")
     p.add_argument("--categories", nargs="+", help="evaluate only these categories")
     p.add_argument("--samples-per-category", type=int, help="anomaly maps saved per category for figures")
+    p.add_argument("--allow-other-backbone", action="store_true",
+                   help="score a train run's prompts with another backbone/weights/image size than it was "
+                        "trained with (refused otherwise; recorded in the eval run)")
     _common(p)
     args = p.parse_args(argv)
-    profile = _profile(args, "eval")
+    profile = _profile(args)
     if profile.banner:
         print(f"[{profile.name}] {profile.banner}")
     base = args.name
@@ -122,8 +123,9 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
         spec = EvalSpec(name=f"{base}@{ds}", dataset=ds, train_run=args.train_run, epoch=args.epoch,
                         preset=args.preset, variant=_variant(args.variant),
                         overrides=dict(parse_override(o) for o in args.override), seed=args.seed, sigma=args.sigma,
-                        categories=tuple(args.categories) if args.categories else None,
-                        samples_per_category=args.samples_per_category, use_cache=not args.no_cache)
+                        batch_size=args.batch_size, categories=tuple(args.categories) if args.categories else None,
+                        samples_per_category=args.samples_per_category, use_cache=not args.no_cache,
+                        allow_other_backbone=args.allow_other_backbone)
         run = load_run(run_eval(spec, profile, progress=not args.quiet))
         print(run.path)
         _print_undefined(run)

@@ -1,25 +1,28 @@
 """Datasets a run needs, ready to use: generated stand-ins (smoke) or validated real folders (paper).
 
 The engine only ever sees a `DataInfo`: the root, the test-split index, the evaluation level and a
-hash of the index content (part of every cache key and run id, so a changed dataset is never
-mistaken for the old one).
+hash of the index rows *and of every listed file's bytes* (part of every cache key and run id, so a
+dataset re-extracted or fixed under the same file names is never mistaken for the old one). File
+digests are memoised per path, size and mtime in a small JSON file, so only new or touched files are
+read again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
+import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from glocal_lib.engine.locks import clear_write_errors, exclusive
 from glocal_lib.engine.profiles import Profile
 from glocal_lib.errors import DataError
-from glocal_lib.io import atomic_write_json, stable_hash
+from glocal_lib.io import atomic_write_json, sha256_file, stable_hash
 
 EVAL_LEVELS = ("image", "pixel", "image-pixel")
 INDEX_COLUMNS = ("image_path", "mask_path", "category", "label", "defect_type", "split")
@@ -34,6 +37,7 @@ class DataInfo:
     index: pd.DataFrame
     eval_level: str
     index_hash: str
+    digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)  # rel path -> sha256
 
     def files_hash(self) -> str:
         """Hash of every image/mask file's size and mtime: a replaced or regenerated file with the same
@@ -60,11 +64,49 @@ class DataInfo:
         return "pixel" in self.eval_level.split("-")
 
 
-def index_hash(index: pd.DataFrame) -> str:
-    """Hash of the index rows (paths, categories, labels): identity of a dataset's content listing."""
+def index_hash(index: pd.DataFrame, digests: dict[str, str] | None = None) -> str:
+    """Hash of the index rows (paths, categories, labels) and, given `digests`, of the bytes of each
+    row's image and mask: the identity of a dataset's content (machine-independent, unlike mtimes)."""
     cols = [c for c in INDEX_COLUMNS if c in index.columns]
     records = index[cols].astype(str).values.tolist()
+    if digests:
+        files = [[digests.get(str(rel), "") for rel in index[col].astype(str)] for col in ("image_path", "mask_path")]
+        records = [[*r, img, msk] for r, img, msk in zip(records, *files)]
     return stable_hash(records, 16)
+
+
+def file_digests(root: Path, index: pd.DataFrame, memo_dir: Path | None = None) -> dict[str, str]:
+    """sha256 of every image and mask the index lists, memoised per (path, size, mtime_ns).
+
+    The memo lives in `memo_dir` (the profile's cache folder), one JSON file per dataset root; a
+    file whose size or mtime changed is read again. Unreadable memo files are ignored (rebuilt).
+    """
+    rels = [r for col in ("image_path", "mask_path") for r in index[col].astype(str) if r]
+    memo_file = memo_dir / "file_sha256" / f"{stable_hash(str(Path(root).resolve()), 16)}.json" if memo_dir else None
+    memo: dict[str, list[Any]] = {}
+    if memo_file is not None and memo_file.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            memo = json.loads(memo_file.read_text())
+    out: dict[str, str] = {}
+    changed = False
+    for rel in dict.fromkeys(rels):
+        path = Path(root) / rel
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise DataError(f"dataset file {path} listed by the index cannot be read ({exc.strerror}); "
+                            f"check the folder (glocal data check) and rerun") from None
+        old = memo.get(rel)
+        if old is not None and old[0] == st.st_size and old[1] == st.st_mtime_ns:
+            out[rel] = str(old[2])
+            continue
+        out[rel] = sha256_file(path)
+        memo[rel] = [st.st_size, st.st_mtime_ns, out[rel]]
+        changed = True
+    if changed and memo_file is not None:
+        with contextlib.suppress(OSError):  # the memo only saves time: a read-only cache is fine
+            atomic_write_json(memo_file, memo)
+    return out
 
 
 def _manifest_eval_level(key: str) -> str | None:
@@ -106,16 +148,18 @@ def eval_level(key: str, index: pd.DataFrame) -> str:
     return _manifest_eval_level(key) or infer_eval_level(index)
 
 
+def _standin_params(key: str, profile: Profile) -> dict[str, Any]:
+    return {"key": key, "seed": profile.synthetic_seed, "scale": profile.synthetic_scale,
+            "image_size": profile.synthetic_image_size}
+
+
 def _generate_standin(key: str, root: Path, profile: Profile) -> None:
     """Write a synthetic stand-in once; a marker file records the parameters it was made with."""
     from glocal_lib.data.synthetic import make_standin
 
-    params = {"key": key, "seed": profile.synthetic_seed, "scale": profile.synthetic_scale,
-              "image_size": profile.synthetic_image_size}
+    params = _standin_params(key, profile)
     marker = root / ".standin.json"
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{key}.lock", "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    with exclusive(root.parent / f".{key}.lock", f"stand-in {root}"), clear_write_errors(root.parent):
         if marker.is_file():
             with contextlib.suppress(ValueError):
                 if json.loads(marker.read_text()) == params:
@@ -138,8 +182,8 @@ def _generate_standin(key: str, root: Path, profile: Profile) -> None:
         tmp.rename(root)
 
 
-def load_data(key: str, root: Path) -> DataInfo:
-    """Index a dataset folder (native layout) and describe it for the engine."""
+def load_data(key: str, root: Path, memo_dir: Path | None = None) -> DataInfo:
+    """Index a dataset folder (native layout) and describe it for the engine (memo_dir: file digests)."""
     from glocal_lib.data import build_index
 
     if not Path(root).exists():
@@ -155,8 +199,9 @@ def load_data(key: str, root: Path) -> DataInfo:
         raise DataError(f"dataset {key!r} at {root}: no test images found; check the layout (glocal data check)")
     index["label"] = index["label"].astype(int)
     index["mask_path"] = index["mask_path"].fillna("").astype(str)
+    digests = file_digests(Path(root), index, memo_dir)
     return DataInfo(key=key, root=Path(root), index=index, eval_level=eval_level(key, index),
-                    index_hash=index_hash(index))
+                    index_hash=index_hash(index, digests), digests=digests)
 
 
 def prepare_data(profile: Profile, datasets: list[str] | tuple[str, ...] | str) -> dict[str, DataInfo]:
@@ -175,8 +220,29 @@ def prepare_data(profile: Profile, datasets: list[str] | tuple[str, ...] | str) 
                 from glocal_lib.data import validate_dataset
 
                 validate_dataset(key, root)
-        out[key] = load_data(key, root)
+        out[key] = load_data(key, root, memo_dir=profile.cache_dir)
     return out
+
+
+def existing_data(profile: Profile, key: str) -> DataInfo | None:
+    """The dataset as prepare_data would give it, if it is already there (nothing generated or
+    validated): what drawing a table needs to find the runs of datasets this invocation did not prepare."""
+    root = profile.dataset_root(key)
+    if profile.synthetic:
+        from glocal_lib.data.synthetic import standin_root
+
+        try:
+            if json.loads((root / ".standin.json").read_text()) != _standin_params(key, profile):
+                return None
+        except (OSError, ValueError):
+            return None
+        root = standin_root(key, root)
+    elif not Path(root).is_dir():
+        return None
+    try:
+        return load_data(key, root, memo_dir=profile.cache_dir)
+    except DataError:
+        return None
 
 
 def select_categories(data: DataInfo, categories: list[str] | tuple[str, ...]) -> DataInfo:
@@ -186,4 +252,4 @@ def select_categories(data: DataInfo, categories: list[str] | tuple[str, ...]) -
         raise DataError(f"categories {unknown} are not in dataset {data.key!r} ({data.root}); it has {data.categories}")
     index = data.index[data.index["category"].isin(list(categories))].reset_index(drop=True)
     return DataInfo(key=data.key, root=data.root, index=index, eval_level=data.eval_level,
-                    index_hash=index_hash(index))
+                    index_hash=index_hash(index, data.digests), digests=data.digests)

@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from glocal_lib.checks import check_range, check_types
 from glocal_lib.engine.data_prep import DataInfo, prepare_data
 from glocal_lib.engine.features import FeatureCache, LiveFeatures, autocast
+from glocal_lib.engine.locks import clear_write_errors
 from glocal_lib.engine.modeling import (
     AUTO,
     backbone_seed,
@@ -37,9 +39,12 @@ from glocal_lib.engine.modeling import (
 from glocal_lib.engine.profiles import Profile
 from glocal_lib.engine.runs import (
     Run,
+    clear_failure,
     is_done,
     load_run,
     mark_done,
+    record_failure,
+    require_device,
     run_id,
     run_lock,
     start_run,
@@ -75,6 +80,16 @@ class EvalSpec:
     # only without train_run: a prompt file (official {"prompt_learner": ...}, e.g. the released
     # AnomalyCLIP checkpoints, or ours) loaded into the preset's model; keyed by its git blob id
     checkpoint: str | Path | None = None
+    # evaluate a train run's prompts on another backbone / weights / image size than it was trained
+    # with (normally refused): a deliberate transfer experiment, recorded in the run identity
+    allow_other_backbone: bool = False
+
+    def __post_init__(self) -> None:
+        check_types(self, f"eval spec {self.name!r}")
+        check_range("sigma", self.sigma, minimum=0, hint="0 = no smoothing; omit it for the preset's value")
+        check_range("batch_size", self.batch_size, minimum=1)
+        check_range("epoch", self.epoch, minimum=0)
+        check_range("samples_per_category", self.samples_per_category, minimum=0)
 
 
 def _resolve_train_run(train_run: str | Path, profile: Profile) -> Run:
@@ -103,6 +118,7 @@ def _model_setup(spec: EvalSpec, profile: Profile) -> tuple[Any, Path | None, di
     if spec.checkpoint is not None:
         raise ConfigError("EvalSpec: give train_run or checkpoint, not both")
     tr = _resolve_train_run(spec.train_run, profile)
+    _check_same_backbone(tr, profile, spec)
     if spec.epoch is None and not tr.done:
         raise ConfigError(f"train run {tr.path} is not finished; finish it (glocal train) or pick --epoch")
     ckpt = tr.checkpoint(spec.epoch)
@@ -116,6 +132,29 @@ def _model_setup(spec: EvalSpec, profile: Profile) -> tuple[Any, Path | None, di
     seed = int(tr.config.get("spec", {}).get("seed", spec.seed))
     return cfg, ckpt, {"preset": tr.config.get("preset"), "variant": tr.config.get("identity", {}).get("variant"),
                       "train_run": tr.run_id, "epoch": epoch}, seed
+
+
+def _show(key: str, value: Any) -> str:
+    if key == "weights" and isinstance(value, dict):
+        return f"{value.get('weights')} (sha256 {str(value.get('sha256', '-'))[:12]})"
+    return repr(value)
+
+
+def _check_same_backbone(tr: Run, profile: Profile, spec: EvalSpec) -> None:
+    """A trained run is scored with the backbone, weights and image size it was trained with, or refused."""
+    ident = tr.config.get("identity", {})
+    seed = int(tr.config.get("spec", {}).get("seed", spec.seed))
+    now = {"backbone": profile.backbone, "weights": weights_identity(profile.weights, profile.cache_dir),
+           "image_size": profile.image_size, "backbone_seed": backbone_seed(profile, seed)}
+    diff = {k: (ident[k], v) for k, v in now.items() if k in ident and ident[k] != v}
+    if not diff or spec.allow_other_backbone:
+        return
+    found = "; ".join(f"{k}: trained with {_show(k, a)}, this evaluation uses {_show(k, b)}"
+                      for k, (a, b) in diff.items())
+    raise ConfigError(f"train run {tr.run_id} does not match this evaluation's backbone ({found}). Evaluate it "
+                      f"with the settings it was trained with (drop --backbone/--weights/--image-size, or pass "
+                      f"the run's), or pass --allow-other-backbone (EvalSpec(allow_other_backbone=True)) to "
+                      f"score its prompts on another backbone on purpose (recorded in the run)")
 
 
 def eval_identity(spec: EvalSpec, profile: Profile, data: DataInfo) -> tuple[dict[str, Any], Any, Path | None, int]:
@@ -132,6 +171,8 @@ def eval_identity(spec: EvalSpec, profile: Profile, data: DataInfo) -> tuple[dic
         "samples_per_category": spec.samples_per_category if spec.samples_per_category is not None
         else profile.samples_per_category,
     }
+    if spec.allow_other_backbone and spec.train_run is not None:
+        identity["allow_other_backbone"] = True
     return identity, cfg, ckpt, seed
 
 
@@ -179,6 +220,8 @@ def _safe(name: str) -> str:
 
 def run_eval(spec: EvalSpec, profile: Profile, *, progress: bool = True, data: DataInfo | None = None) -> Path:
     """Evaluate (or resume, or just return) the run for `spec`; returns its folder."""
+    require_device(profile.device)
+    _model_setup(spec, profile)  # wrong overrides, an unfinished or mismatched train run: refused before data
     data = data or prepare_data(profile, [spec.dataset])[spec.dataset]
     identity, cfg, ckpt, seed = eval_identity(spec, profile, data)
     run_dir = profile.runs_dir("eval") / run_id(spec.name, identity)
@@ -196,9 +239,15 @@ def run_eval(spec: EvalSpec, profile: Profile, *, progress: bool = True, data: D
                   "runtime": {"device": profile.device, "data_root": str(data.root),
                               "batch_size": spec.batch_size or profile.eval_batch_size,
                               "checkpoint": str(ckpt) if ckpt else None}}
-        start_run(run_dir, config, profile.device)
-        _evaluate(spec, profile, cfg, ckpt, seed, data, run_dir, identity, progress=progress)
-        mark_done(run_dir)
+        clear_failure(run_dir)
+        try:
+            with clear_write_errors(run_dir):
+                start_run(run_dir, config, profile.device)
+                _evaluate(spec, profile, cfg, ckpt, seed, data, run_dir, identity, progress=progress)
+                mark_done(run_dir)
+        except BaseException as exc:
+            record_failure(run_dir, exc, has_progress=any((run_dir / "categories").glob("*.npz")))
+            raise
     return run_dir
 
 

@@ -14,7 +14,7 @@ half-written cache behind.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +30,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from glocal_lib.engine.data_prep import DataInfo
+from glocal_lib.engine.locks import clear_write_errors, disk_full, exclusive, require_space
 from glocal_lib.io import atomic_write_json, stable_hash
 
 CACHE_FORMAT = 1
@@ -215,9 +216,9 @@ def _build(model: Any, data: DataInfo, tmp: Path, *, image_size: int, device: st
         if not arrays:
             slots = _layer_slots(p) if dedupe else list(range(p.shape[1]))
             n_unique = max(slots) + 1
-            arrays["global"] = open_memmap(tmp / "global.npy", "w+", np_dtype, (n, g.shape[1]))
-            arrays["patch"] = open_memmap(tmp / "patch.npy", "w+", np_dtype, (n, n_unique, *p.shape[2:]))
-            arrays["masks"] = open_memmap(tmp / "masks.npy", "w+", np.uint8, (n, image_size, image_size))
+            shapes = {"global": (np_dtype, (n, g.shape[1])), "patch": (np_dtype, (n, n_unique, *p.shape[2:])),
+                      "masks": (np.uint8, (n, image_size, image_size))}
+            arrays = _allocate(tmp, shapes)
         elif dedupe:
             first = {}
             for i, s in enumerate(slots):
@@ -239,6 +240,32 @@ def _build(model: Any, data: DataInfo, tmp: Path, *, image_size: int, device: st
     return slots
 
 
+def _allocate(folder: Path, shapes: dict[str, tuple[Any, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """Memory-mapped .npy files with their disk blocks reserved up front.
+
+    A memmap over a sparse file on a full disk dies with SIGBUS at some later write, with no message;
+    checking the free space first and reserving the blocks (posix_fallocate) turns that into a clear
+    "no space left on device" before any work is done.
+    """
+    sizes = {k: int(np.prod(shape)) * np.dtype(dt).itemsize for k, (dt, shape) in shapes.items()}
+    needs = sum(sizes.values()) + 2**20
+    require_space(folder, needs)
+    arrays = {}
+    with clear_write_errors(folder, needs):
+        for k, (dt, shape) in shapes.items():
+            arr = open_memmap(folder / f"{k}.npy", "w+", dt, shape)
+            if hasattr(os, "posix_fallocate") and sizes[k]:
+                with open(folder / f"{k}.npy", "r+b") as fh:
+                    try:
+                        os.posix_fallocate(fh.fileno(), 0, arr.offset + sizes[k])
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                            raise disk_full(folder, needs) from None
+                        # EOPNOTSUPP/EINVAL (some filesystems): the free-space check above has to do
+            arrays[k] = arr
+    return arrays
+
+
 class FeatureCache:
     """Folder of cached datasets; `get(model, data, ...)` returns CachedFeatures, building once."""
 
@@ -258,9 +285,7 @@ class FeatureCache:
         final = self.root / name
         if (final / "meta.json").is_file():
             return CachedFeatures.open(final)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f".{name}.lock", "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)  # released by the OS if this process dies
+        with exclusive(self.root / f".{name}.lock", f"feature cache {name}"), clear_write_errors(self.root):
             if (final / "meta.json").is_file():  # another process finished it while we waited
                 return CachedFeatures.open(final)
             for stale in self.root.glob(f".{name}.tmp-*"):  # left by a killed builder (we hold the lock)

@@ -20,7 +20,10 @@ from glocal_lib.io import read_yaml
 
 PROFILES_FILE = Path(__file__).resolve().parent.parent / "presets" / "profiles.yaml"
 PRECISIONS = ("fp32", "bf16", "fp16")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{results_root\})*))?\}")
+RESULTS_ROOT = "{results_root}"  # in data_root / cache_dir: the profile's (possibly overridden) results root
+_INT_FIELDS = {"image_size": 1, "epochs": 1, "batch_size": 1, "eval_batch_size": 1, "samples_per_category": 0,
+               "synthetic_image_size": 8, "num_workers": 0}  # field -> smallest accepted value
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ def _expand(value: Any) -> Any:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'key=value' from the command line -> (key, typed value) using YAML scalars (1, 0.5, true, null)."""
+    """'key=value' from the command line -> (key, typed value) using YAML scalars (1, 0.5, true, null);
+    numbers YAML 1.1 leaves as strings (1e-3) are numbers too. Types are checked where the value is used."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (example: --override image_size=112)")
     key, raw = text.split("=", 1)
@@ -109,7 +113,25 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
     return key.strip(), value
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _int_field(name: str, value: Any, minimum: int) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+", value.strip()):
+        value, ok = int(value), True
+    if isinstance(value, float) and value.is_integer():
+        value, ok = int(value), True
+    if not ok:
+        raise ConfigError(f"profile field {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"profile field {name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def _build(name: str, raw: dict[str, Any]) -> Profile:
@@ -122,6 +144,9 @@ def _build(name: str, raw: dict[str, Any]) -> Profile:
         )
     values = _expand(dict(raw))
     values["name"] = name
+    for key in ("data_root", "cache_dir"):  # smoke data and caches follow --results (self-contained)
+        if isinstance(values.get(key), str):
+            values[key] = values[key].replace(RESULTS_ROOT, str(values["results_root"]))
     for key in ("results_root", "data_root", "cache_dir"):
         values[key] = Path(values[key])
     values["dataset_roots"] = {k: Path(v) for k, v in (values.get("dataset_roots") or {}).items()}
@@ -131,10 +156,10 @@ def _build(name: str, raw: dict[str, Any]) -> Profile:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {values['precision']!r}")
     if values.get("cache_dtype") not in ("fp16", "fp32"):
         raise ConfigError(f"cache_dtype must be 'fp16' or 'fp32', got {values.get('cache_dtype')!r}")
-    for key in ("image_size", "epochs", "batch_size", "eval_batch_size", "samples_per_category",
-                "synthetic_image_size"):
-        values[key] = int(values[key])
-    values["sigma"] = None if values.get("sigma") in (None, "", "null") else float(values["sigma"])
+    for key, minimum in _INT_FIELDS.items():
+        if key in values:
+            values[key] = _int_field(key, values[key], minimum)
+    values["sigma"] = None if values.get("sigma") in (None, "", "null") else _sigma(values["sigma"])
     required = {
         f.name
         for f in dataclasses.fields(Profile)
@@ -144,6 +169,16 @@ def _build(name: str, raw: dict[str, Any]) -> Profile:
     if missing:
         raise ConfigError(f"profile {name!r} in {PROFILES_FILE} lacks field(s) {missing}")
     return Profile(**values)
+
+
+def _sigma(value: Any) -> float:
+    try:
+        sigma = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"profile field sigma must be a number >= 0 or null, got {value!r}") from None
+    if not sigma >= 0:  # also NaN
+        raise ConfigError(f"profile field sigma must be >= 0 (0 = no smoothing) or null, got {value!r}")
+    return sigma
 
 
 def available_profiles() -> list[str]:

@@ -2,18 +2,21 @@
 
 `<results_root>/runs/<kind>/<name>-<hash12>/` holds config.json, env.json, the outputs and a DONE
 marker written last. A finished run is returned as is; an unfinished one is resumed by its owner
-(train.py / evaluate.py). A per-run lock file stops two processes from working on one run at once.
+(train.py / evaluate.py). A per-run lock file (`.<run id>.lock` beside the folder) stops two
+processes from working on one run at once. A run that fails leaves no folder that looks like a run:
+without resumable progress its folder is removed, with some it gets a FAILED marker (the error),
+which find_runs skips and the next attempt clears.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.metadata
 import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -26,11 +29,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glocal_lib.errors import ConfigError
+from glocal_lib.engine.locks import clear_write_errors, exclusive
+from glocal_lib.errors import ConfigError, RunError
 from glocal_lib.io import atomic_write_json, atomic_write_text, sha256_file, stable_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DONE = "DONE"
+FAILED = "FAILED"
 
 
 def slug(name: str) -> str:
@@ -100,20 +105,58 @@ def weights_identity(weights: str | os.PathLike[str] | None, cache_dir: Path | N
     return {"weights": path.name, "sha256": memo[memo_key]}
 
 
+def lock_file(run_dir: Path) -> Path:
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Exclusive lock on a run folder (released by the OS if the process dies, so kill -9 is safe)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+def run_lock(run_dir: Path, timeout: float | None = None) -> Iterator[None]:
+    """Exclusive lock on a run (released by the OS if the process dies, so kill -9 is safe); says who
+    holds it while waiting. Creates the run folder, with a clear error if the results are read-only."""
+    with exclusive(lock_file(run_dir), f"{run_dir.parent.name} run {run_dir.name}", timeout=timeout):
+        with clear_write_errors(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+        yield
 
 
 def is_done(run_dir: Path) -> bool:
     return (run_dir / DONE).is_file()
+
+
+def require_device(device: str) -> None:
+    """Refuse a device torch cannot use, up front (not after data preparation, deep inside a forward)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:1, mps ...") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RunError(f"device {device!r} asked for, but torch {torch.__version__} sees no CUDA GPU "
+                           f"(torch.cuda.is_available() is False; built for CUDA {torch.version.cuda}): "
+                           f"pass --device cpu, or run on a machine with a GPU and a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RunError(f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) "
+                           f"are visible (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise RunError(f"device {device!r} asked for, but torch sees no Apple MPS device: pass --device cpu")
+
+
+def clear_failure(run_dir: Path) -> None:
+    (run_dir / FAILED).unlink(missing_ok=True)
+
+
+def record_failure(run_dir: Path, exc: BaseException, has_progress: bool) -> None:
+    """After a failed attempt: remove a folder with nothing to resume, else mark it FAILED (with the error).
+
+    Called with the run's lock held (the lock file lives outside the folder, so removing it is safe)."""
+    with contextlib.suppress(OSError):
+        if not has_progress:
+            shutil.rmtree(run_dir)
+        elif isinstance(exc, Exception):  # Ctrl-C: an interruption to resume, not a failure
+            atomic_write_json(run_dir / FAILED, {"time": time.time(), "error": type(exc).__name__,
+                                                 "message": str(exc)[:2000]})
 
 
 def start_run(run_dir: Path, config: dict[str, Any], device: str) -> None:
@@ -153,6 +196,17 @@ class Run:
     @property
     def done(self) -> bool:
         return is_done(self.path)
+
+    @property
+    def failed(self) -> bool:
+        """The last attempt ended in an error (FAILED holds it); the next attempt resumes and clears it."""
+        return not self.done and (self.path / FAILED).is_file()
+
+    def failure(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self.path / FAILED).read_text()))
+        except (OSError, ValueError):
+            return {}
 
     @property
     def banner(self) -> str:
@@ -207,8 +261,9 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     return Run(path=path, kind=str(config.get("kind", "")), config=config, env=env)
 
 
-def find_runs(results_root: Path, kind: str, done_only: bool = True) -> list[Run]:
-    """All runs of one kind under a results root (sorted by id)."""
+def find_runs(results_root: Path, kind: str, done_only: bool = True, include_failed: bool = False) -> list[Run]:
+    """Runs of one kind under a results root (sorted by id): finished ones, or with done_only=False also
+    unfinished ones (interrupted, resumable); runs whose last attempt failed only with include_failed."""
     base = Path(results_root) / "runs" / kind
     runs = [load_run(p) for p in sorted(base.glob("*")) if (p / "config.json").is_file()]
-    return [r for r in runs if r.done or not done_only]
+    return [r for r in runs if r.done or (not done_only and (include_failed or not r.failed))]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from glocal_lib.checks import check_range, check_types
 from glocal_lib.engine.data_prep import DataInfo, prepare_data
 from glocal_lib.engine.features import FeatureCache, LiveFeatures
+from glocal_lib.engine.locks import clear_write_errors
 from glocal_lib.engine.modeling import (
     AUTO,
     backbone_seed,
@@ -30,8 +33,18 @@ from glocal_lib.engine.modeling import (
     resolve_variant,
 )
 from glocal_lib.engine.profiles import Profile
-from glocal_lib.engine.runs import is_done, mark_done, run_id, run_lock, start_run, weights_identity
-from glocal_lib.errors import ConfigError
+from glocal_lib.engine.runs import (
+    clear_failure,
+    is_done,
+    mark_done,
+    record_failure,
+    require_device,
+    run_id,
+    run_lock,
+    start_run,
+    weights_identity,
+)
+from glocal_lib.errors import ConfigError, RunError
 from glocal_lib.io import atomic_save_with, atomic_write_json, atomic_write_text
 
 LOSS_KEYS = ("global", "local", "focal", "dice", "gcl", "total")
@@ -53,9 +66,18 @@ class TrainSpec:
     betas: tuple[float, float] = (0.5, 0.999)
     use_cache: bool = True
 
+    def __post_init__(self) -> None:
+        """Refuse what would train nothing or something else than asked (epochs 0, a text lambda...)."""
+        check_types(self, f"train spec {self.name!r}")
+        check_range("epochs", self.epochs, minimum=1, hint="omit it for the profile's value")
+        check_range("batch_size", self.batch_size, minimum=1)
+        check_range("lr", self.lr, above=0)
+        for i, b in enumerate(self.betas):
+            check_range(f"betas[{i}]", b, minimum=0, below=1)
+
     def resolved(self, profile: Profile) -> TrainSpec:
-        return dataclasses.replace(self, epochs=self.epochs or profile.epochs,
-                                   batch_size=self.batch_size or profile.batch_size,
+        return dataclasses.replace(self, epochs=self.epochs if self.epochs is not None else profile.epochs,
+                                   batch_size=self.batch_size if self.batch_size is not None else profile.batch_size,
                                    betas=tuple(float(b) for b in self.betas))
 
 
@@ -97,14 +119,16 @@ def train_run_dir(spec: TrainSpec, profile: Profile, data: DataInfo | None = Non
 
 
 def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data: DataInfo | None = None,
-              stop_after_epoch: int | None = None) -> Path:
+              stop_after_epoch: int | None = None, restart: bool = False) -> Path:
     """Train (or resume, or just return) the run for `spec`; returns its folder.
 
     stop_after_epoch: end the process's work after that epoch without DONE (simulates an
-    interruption for tests and lets users split long runs).
+    interruption for tests and lets users split long runs). restart: discard an unfinished run's
+    progress (e.g. a corrupt checkpoint) and train it from the first epoch.
     """
+    require_device(profile.device)
+    cfg = _config(spec, profile)  # a wrong override is refused before any data is prepared
     data = data or prepare_data(profile, [spec.train_dataset])[spec.train_dataset]
-    cfg = _config(spec, profile)
     identity = train_identity(spec, profile, cfg, data)
     run_dir = profile.runs_dir("train") / run_id(spec.name, identity)
     if is_done(run_dir):
@@ -113,6 +137,10 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
     with run_lock(run_dir):
         if is_done(run_dir):
             return run_dir
+        if restart:
+            shutil.rmtree(run_dir)
+            run_dir.mkdir()
+        clear_failure(run_dir)
         spec = spec.resolved(profile)
         config = {
             "kind": "train", "name": spec.name, "profile": profile.name, "preset": spec.preset,
@@ -121,11 +149,16 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
             "runtime": {"device": profile.device, "data_root": str(data.root),
                         "cache_dir": str(profile.cache_dir), "num_workers": profile.num_workers},
         }
-        start_run(run_dir, config, profile.device)
-        finished = _train(spec, profile, cfg, data, run_dir, progress=progress,
-                          stop_after_epoch=stop_after_epoch)
-        if finished:
-            mark_done(run_dir)
+        try:
+            with clear_write_errors(run_dir):
+                start_run(run_dir, config, profile.device)
+                finished = _train(spec, profile, cfg, data, run_dir, progress=progress,
+                                  stop_after_epoch=stop_after_epoch)
+                if finished:
+                    mark_done(run_dir)
+        except BaseException as exc:
+            record_failure(run_dir, exc, has_progress=(run_dir / "checkpoints" / "latest.pt").is_file())
+            raise
     return run_dir
 
 
@@ -140,21 +173,55 @@ def _feature_source(model: Any, data: DataInfo, profile: Profile, use_cache: boo
                      num_workers=profile.num_workers, progress=progress)
 
 
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
 def _save_epoch_checkpoint(model: Any, path: Path, state: dict[str, Any]) -> None:
-    """The model package's checkpoint (loadable by build_model(checkpoint=...)) + the resume state."""
+    """The model package's checkpoint (loadable by build_model(checkpoint=...)) + the resume state.
+
+    Atomic (tmp file + rename); a full disk is reported as such, not as torch's C++ stream error."""
     from glocal_lib.model.checkpoint import save_checkpoint
 
-    save_checkpoint(model, path, extra={"engine": state})  # atomic (tmp file + rename)
+    needs = 2 * _nbytes(state) + 2**16  # prompts + Adam moments; the model's prompt copy and a margin
+    with clear_write_errors(path.parent, needs):
+        save_checkpoint(model, path, extra={"engine": state})
 
 
 def _load_resume_state(path: Path) -> dict[str, Any]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    fix = (f"delete it to resume from the start, or rerun with --restart (run_train(..., restart=True)) "
+           f"to train run {path.parent.parent.name} from scratch")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated zip, random bytes, pickle refused: all 'corrupt'
+        raise RunError(f"the resume checkpoint {path} is corrupt ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:160]}); {fix}") from None
     state = obj.get("engine") if isinstance(obj, dict) else None
     if state is None and isinstance(obj, dict):
         state = (obj.get("extra") or {}).get("engine")
-    if state is None:
-        raise ConfigError(f"{path} holds no engine resume state; delete it to restart the run")
+    if not isinstance(state, dict) or not {"prompts", "optimizer", "rng", "epoch", "step"} <= set(state):
+        raise RunError(f"{path} holds no complete engine resume state; {fix}")
     return state
+
+
+def _non_finite(run_dir: Path, epoch: int, step: int, losses: dict[str, torch.Tensor], spec: TrainSpec,
+                profile: Profile) -> RunError:
+    """The error for a NaN/inf loss: which run, where, which terms, and the usual causes."""
+    terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1)
+    causes = [f"a learning rate too high (lr={spec.lr:g})", "a gcl_lambda or loss weight too large",
+              "broken inputs (NaN/inf in the images or their features)"]
+    if profile.precision != "fp32":
+        causes.insert(0, f"{profile.precision} overflow (try --precision fp32)")
+    kept = f"epochs 1..{epoch - 1} are kept" if epoch > 1 else "nothing is kept"
+    return RunError(f"train run {run_dir.name}: the loss is not finite at epoch {epoch}, step {step} ({terms}); "
+                    f"the run stops without DONE. Likely causes: {'; '.join(causes)}. {kept.capitalize()}; fix "
+                    f"the cause and rerun (or --restart)")
 
 
 def _write_logs(run_dir: Path, rows: list[dict[str, Any]], embs: list[np.ndarray], names: list[str]) -> None:
@@ -228,6 +295,8 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
                        total=-(-n // spec.batch_size), desc=f"epoch {epoch}", disable=not progress)
         for chunk, feats, labels, masks in batches:
             losses = model.compute_losses(feats, labels, masks, class_names=list(categories[chunk]))
+            if not torch.isfinite(losses["total"].detach()).all():
+                raise _non_finite(run_dir, epoch, step + 1, losses, spec, profile)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()

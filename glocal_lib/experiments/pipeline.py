@@ -128,8 +128,18 @@ class Reproduction:
         return {k: v.index for k, v in data.items()}
 
     def build_tables(self, ids: Sequence[str], data: dict[str, Any] | None = None) -> dict[str, tables_mod.Table]:
-        indexes = self.data_indexes(data) if data is not None else None
-        return tables_mod.build_tables(self.registry, self.store, ids, self.tables_dir, indexes)
+        """Tables over every dataset and method they cover (not only this invocation's --datasets/--methods):
+        finished runs from earlier subsets stay in, runs never made show as missing."""
+        registry = self.registry.unfiltered()
+        indexes = None
+        if data is not None:
+            indexes = self.data_indexes(data)
+            t5 = registry.artifacts.get("T5", {}).get("datasets", [])
+            for key in [k for k in t5 if k not in indexes]:  # prepared by an earlier subset, if at all
+                info = self.store.data_info(key)
+                if info is not None:
+                    indexes[key] = info.index
+        return tables_mod.build_tables(registry, self.store, ids, self.tables_dir, indexes)
 
     def build_figures(self, ids: Sequence[str]) -> dict[str, list[Path]]:
         return figures_mod.build_figures(self.registry, self.store, ids, self.figures_dir)

@@ -112,15 +112,15 @@ class EvalJob:
     def method_preset(self) -> str:
         return self.train.preset if self.train is not None else str(self.preset)
 
-    def spec(self, profile: Any) -> Any:
-        """The engine's EvalSpec; a trained job points at its train run's folder."""
+    def spec(self, profile: Any, train_dir: Path | None = None) -> Any:
+        """The engine's EvalSpec; a trained job points at its train run's folder (`train_dir` if known)."""
         from glocal_lib.engine import EvalSpec, train_run_dir
 
         if self.train is None:
             return EvalSpec(name=self.name, dataset=self.dataset, train_run=None, preset=self.preset,
                             overrides={k: _thaw(v) for k, v in self.overrides})
         return EvalSpec(name=self.name, dataset=self.dataset,
-                        train_run=train_run_dir(self.train.spec(), profile))
+                        train_run=train_dir or train_run_dir(self.train.spec(), profile))
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,11 @@ class Registry:
             if bad:
                 raise ConfigError(f"unknown method(s) {bad} (--methods); known: {sorted(data['methods'])}")
         self.method_filter: frozenset[str] | None = frozenset(methods) if methods else None
+
+    def unfiltered(self) -> Registry:
+        """The same registry without --datasets/--methods filters: what a table is drawn from, so that a
+        subset reproduction adds its rows to the tables instead of erasing the others."""
+        return Registry(self.data, profile=self.profile, glocal_preset=self.glocal_preset, source=self.source)
 
     # --- basic lookups
     @property

@@ -38,17 +38,36 @@ class ResultStore:
         self._cache: dict[Any, Any] = {}
 
     # --- where runs live (engine hashing)
+    def data_info(self, key: str) -> Any:
+        """The dataset's DataInfo if its folder is there (never generated here: drawing must not
+        prepare data), else None; its runs are then reported missing."""
+        from glocal_lib.engine.data_prep import existing_data
+
+        if ("data", key) not in self._cache:
+            self._cache[("data", key)] = existing_data(self.profile, key)
+        return self._cache[("data", key)]
+
+    def _data(self, key: str) -> Any:
+        data = self.data_info(key)
+        if data is None:
+            raise LookupError(f"dataset {key!r} is not prepared")
+        return data
+
     def locate_train(self, job: TrainJob) -> Path:
         from glocal_lib.engine import train_run_dir
 
-        return train_run_dir(job.spec(), self.profile)
+        return train_run_dir(job.spec(), self.profile, self._data(job.train_dataset))
 
     def locate_eval(self, job: EvalJob) -> Path | None:
         from glocal_lib.engine import eval_run_dir
 
-        if job.train is not None and self.train_run(job.train) is None:
-            return None
-        return eval_run_dir(job.spec(self.profile), self.profile)
+        train_dir = None
+        if job.train is not None:
+            tr = self.train_run(job.train)
+            if tr is None:
+                return None
+            train_dir = tr.path
+        return eval_run_dir(job.spec(self.profile, train_dir), self.profile, self._data(job.dataset))
 
     # --- opening runs
     def _open(self, path: Path | None) -> Any:

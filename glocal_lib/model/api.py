@@ -9,6 +9,7 @@ from ..config import ModelConfig, load_preset
 from ..errors import ConfigError, WeightsError
 from .backbone import load_clip
 from .checkpoint import (
+    check_backbone,
     checkpoint_kind,
     import_official,
     infer_official_config,
@@ -34,6 +35,7 @@ def build_model(
     backbone_seed: int | None = None,
     weights_dir: str | os.PathLike[str] | None = None,
     allow_download: bool = False,
+    allow_other_backbone: bool = False,
 ) -> GlocalDetector:
     """Build a GlocalDetector.
 
@@ -48,6 +50,8 @@ def build_model(
     backbone_seed: seeds the random backbone when weights is None (None: the checkpoint's, else
         ``seed``). Pass a fixed value (e.g. 0) so that a prompt-seed sweep keeps the same stand-in
         "pretrained" CLIP.
+    allow_other_backbone: with our checkpoint, accept a backbone / weights / image size other than
+        the ones it was trained with (refused by default: shapes may fit while the numbers are wrong).
     """
     if isinstance(cfg, str):
         cfg = load_preset(cfg)
@@ -71,6 +75,8 @@ def build_model(
                                   "pass cfg=None to use the checkpoint's, or change only "
                                   f"{list(INFERENCE_ONLY_FIELDS)}")
         cfg = cfg if cfg is not None else saved
+        if not allow_other_backbone:
+            check_backbone(ckpt, str(checkpoint), backbone, weights, image_size)
         backbone = backbone or ckpt.get("backbone")
         weights = weights if weights is not None else ckpt.get("weights")
         image_size = image_size or ckpt.get("image_size")

@@ -1,8 +1,9 @@
 """Prompt checkpoints: our self-describing format, and the released codes' format both ways.
 
-Ours: ``{"format", "config", "backbone", "weights", "image_size", "seed", "prompts", "deep", "extra"}``
--- the full ModelConfig and backbone name travel with the prompt tensors, so a checkpoint alone
-rebuilds the model (``build_model(checkpoint=path)``).
+Ours: ``{"format", "config", "backbone", "weights", "weights_sha256", "image_size", "seed", "prompts",
+"deep", "extra"}`` -- the full ModelConfig, backbone name and weight file identity travel with the
+prompt tensors, so a checkpoint alone rebuilds the model (``build_model(checkpoint=path)``) and
+loading it onto another backbone can be refused (``check_backbone``).
 
 Official: ``{"prompt_learner": state_dict}`` as the released train.py saves it. GlocalCLIP keys:
 ``ctx_{global,local}_{pos,neg}`` (1, 1, len, Wt); AnomalyCLIP keys: ``ctx_pos``, ``ctx_neg``; both:
@@ -24,7 +25,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ConfigError, WeightsError, describe_load_failure
-from ..io import atomic_save_torch
+from ..io import atomic_save_torch, sha256_file
 from .detector import GlocalDetector
 from .prompts import LearnedPrompts
 
@@ -66,6 +67,7 @@ def checkpoint_dict(model: GlocalDetector, extra: dict[str, Any] | None = None) 
         "config": model.cfg.to_dict(),
         "backbone": model.backbone_name,
         "weights": None if model.weights is None else str(model.weights),
+        "weights_sha256": weights_sha256(model.weights),
         "image_size": model.image_size,
         "seed": model.seed,
         "backbone_seed": model.backbone_seed,
@@ -75,6 +77,46 @@ def checkpoint_dict(model: GlocalDetector, extra: dict[str, Any] | None = None) 
                                                   for k, v in model.deep.state_dict().items()},
         "extra": dict(extra or {}),
     }
+
+
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def weights_sha256(weights: str | os.PathLike[str] | None) -> str | None:
+    """sha256 of a weight file (None: random backbone or not a file), memoised per path, size and mtime."""
+    if weights is None or not Path(weights).is_file():
+        return None
+    st = Path(weights).stat()
+    key = (str(Path(weights).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_MEMO:
+        _SHA_MEMO[key] = sha256_file(weights)
+    return _SHA_MEMO[key]
+
+
+def check_backbone(ckpt: dict[str, Any], source: str, backbone: str | None, weights: Any,
+                   image_size: int | None) -> None:
+    """Refuse to load a checkpoint's prompts onto another backbone, weights or image size than it was
+    trained with (shapes may fit, the numbers would not be the run's): only explicitly given values
+    are compared; pass allow_other_backbone=True to build_model to do it on purpose."""
+    diffs = []
+    if backbone is not None and ckpt.get("backbone") not in (None, backbone):
+        diffs.append(f"backbone {backbone!r} (trained with {ckpt['backbone']!r})")
+    if image_size is not None and ckpt.get("image_size") not in (None, int(image_size)):
+        diffs.append(f"image size {image_size} (trained at {ckpt['image_size']})")
+    if weights is not None and "weights" in ckpt:
+        saved, saved_sha = ckpt.get("weights"), ckpt.get("weights_sha256")
+        if saved is None:
+            diffs.append(f"weights {weights} (trained on a random backbone, seed {ckpt.get('backbone_seed')})")
+        else:
+            given_sha = weights_sha256(weights)
+            known = saved_sha or weights_sha256(saved)
+            same = (given_sha == known) if (given_sha and known) else Path(weights).name == Path(saved).name
+            if not same:
+                diffs.append(f"weights {weights} (trained with {saved}, sha256 {str(known)[:12]})")
+    if diffs:
+        raise WeightsError(f"{source} was trained on another backbone than asked for: {'; '.join(diffs)}. Build "
+                           "it without these arguments (the checkpoint's own are used), or pass "
+                           "allow_other_backbone=True to score its prompts on another backbone on purpose")
 
 
 def save_checkpoint(model: GlocalDetector, path: str | os.PathLike[str],
