@@ -140,13 +140,20 @@ def _show(key: str, value: Any) -> str:
     return repr(value)
 
 
+def _same(key: str, a: Any, b: Any) -> bool:
+    """Equal settings; a weight file is the same by content (sha256) under any name or folder."""
+    if key == "weights" and isinstance(a, dict) and isinstance(b, dict) and a.get("sha256") not in (None, "missing"):
+        return a.get("sha256") == b.get("sha256")
+    return a == b
+
+
 def _check_same_backbone(tr: Run, profile: Profile, spec: EvalSpec) -> None:
     """A trained run is scored with the backbone, weights and image size it was trained with, or refused."""
     ident = tr.config.get("identity", {})
     seed = int(tr.config.get("spec", {}).get("seed", spec.seed))
     now = {"backbone": profile.backbone, "weights": weights_identity(profile.weights, profile.cache_dir),
            "image_size": profile.image_size, "backbone_seed": backbone_seed(profile, seed)}
-    diff = {k: (ident[k], v) for k, v in now.items() if k in ident and ident[k] != v}
+    diff = {k: (ident[k], v) for k, v in now.items() if k in ident and not _same(k, ident[k], v)}
     if not diff or spec.allow_other_backbone:
         return
     found = "; ".join(f"{k}: trained with {_show(k, a)}, this evaluation uses {_show(k, b)}"

@@ -2,8 +2,8 @@
 
 `<results_root>/runs/<kind>/<name>-<hash12>/` holds config.json, env.json, the outputs and a DONE
 marker written last. A finished run is returned as is; an unfinished one is resumed by its owner
-(train.py / evaluate.py). A per-run lock file (`.<run id>.lock` beside the folder) stops two
-processes from working on one run at once. A run that fails leaves no folder that looks like a run:
+(train.py / evaluate.py). A per-run lock file (under `runs/.locks/`) stops two processes from
+working on one run at once. A run that fails leaves no folder that looks like a run:
 without resumable progress its folder is removed, with some it gets a FAILED marker (the error),
 which find_runs skips and the next attempt clears.
 """
@@ -106,7 +106,9 @@ def weights_identity(weights: str | os.PathLike[str] | None, cache_dir: Path | N
 
 
 def lock_file(run_dir: Path) -> Path:
-    return run_dir.parent / f".{run_dir.name}.lock"
+    """`<results>/runs/.locks/<kind>-<run id>.lock`: outside the run folder (which a failed attempt may
+    remove while others wait on the lock) and outside `runs/<kind>/` (which lists only runs)."""
+    return run_dir.parent.parent / ".locks" / f"{run_dir.parent.name}-{run_dir.name}.lock"
 
 
 @contextlib.contextmanager

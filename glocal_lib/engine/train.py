@@ -314,5 +314,8 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
         _save_epoch_checkpoint(model, latest, state)  # last: the resume point moves only when all is written
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < spec.epochs:
             return False
+    if step == 0:  # an empty training set: nothing was trained, so the run must not look finished
+        raise RunError(f"train run {run_dir.name}: no training step ran ({n} training images in "
+                       f"{data.key!r} at {data.root}); check the dataset (glocal data check {data.key})")
     atomic_write_text(run_dir / "final_epoch.txt", f"{spec.epochs}\n")
     return True
