@@ -334,3 +334,16 @@ def test_results_folder_holds_the_smoke_data_and_cache(tmp_path: Path, monkeypat
     assert load_profile("paper", results_root=str(tmp_path / "p")).cache_dir == tmp_path / "p" / "cache"
     monkeypatch.setenv("GLOCAL_CACHE", str(tmp_path / "elsewhere"))
     assert load_profile("smoke", results_root=str(tmp_path / "r")).cache_dir == tmp_path / "elsewhere"
+
+
+def test_status_reports_a_failed_run_as_failed(tmp_path: Path) -> None:
+    reg = load_registry(profile="smoke", datasets=["visa"])
+    store = FakeStore(FakeProfile("smoke", tmp_path))
+    populate(reg, store, ["T1"])
+    job = reg.plan(["T1"]).eval_jobs[0]
+    path = store.locate_eval(job)
+    (path / "DONE").unlink()
+    (path / "FAILED").write_text('{"message": "no space left on device"}')
+    status = Reproduction(registry=reg, profile=store.profile, store=store).status(["T1"]).set_index("name")
+    assert status.at[job.name, "state"] == "failed" and not status.at[job.name, "done"]
+    assert set(status["state"]) == {"done", "failed"}

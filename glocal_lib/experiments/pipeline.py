@@ -115,13 +115,13 @@ class Reproduction:
         return out
 
     def status(self, ids: Sequence[str]) -> pd.DataFrame:
-        """One row per planned run: finished or not (reads run folders only)."""
+        """One row per planned run: finished or not, and its state (done / failed / unfinished / missing)."""
         plan = self.plan(ids)
-        rows = [{"kind": "train", "name": j.name, "done": self.store.train_run(j) is not None}
-                for j in plan.train_jobs]
-        rows += [{"kind": "eval", "name": j.name, "done": self.store.eval_run(j) is not None}
-                 for j in plan.eval_jobs]
-        return pd.DataFrame(rows, columns=["kind", "name", "done"])
+        rows = [{"kind": "train", "name": j.name, "done": self.store.train_run(j) is not None,
+                 "state": self.store.state(j)} for j in plan.train_jobs]
+        rows += [{"kind": "eval", "name": j.name, "done": self.store.eval_run(j) is not None,
+                  "state": self.store.state(j)} for j in plan.eval_jobs]
+        return pd.DataFrame(rows, columns=["kind", "name", "done", "state"])
 
     # --- drawing
     def data_indexes(self, data: dict[str, Any]) -> dict[str, pd.DataFrame]:

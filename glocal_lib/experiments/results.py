@@ -95,6 +95,18 @@ class ResultStore:
                 self._cache[key] = None
         return self._cache[key]
 
+    def state(self, job: TrainJob | EvalJob) -> str:
+        """'done', 'failed' (its last attempt ended in an error: FAILED says which), 'unfinished' or 'missing'."""
+        try:
+            path = self.locate_train(job) if isinstance(job, TrainJob) else self.locate_eval(job)
+        except Exception:  # noqa: BLE001 - not locatable (data not prepared...): not there
+            path = None
+        if path is None or not (path / "config.json").is_file():
+            return "missing"
+        if (path / "DONE").is_file():
+            return "done"
+        return "failed" if (path / "FAILED").is_file() else "unfinished"
+
     def metrics(self, job: EvalJob) -> pd.DataFrame | None:
         run = self.eval_run(job)
         if run is None:
