@@ -44,7 +44,7 @@ from glocal_lib.engine.runs import (
     start_run,
     weights_identity,
 )
-from glocal_lib.errors import ConfigError, RunError
+from glocal_lib.errors import ConfigError, RunError, describe_load_failure
 from glocal_lib.io import atomic_save_with, atomic_write_json, atomic_write_text
 
 LOSS_KEYS = ("global", "local", "focal", "dice", "gcl", "total")
@@ -200,8 +200,7 @@ def _load_resume_state(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, random bytes, pickle refused: all 'corrupt'
-        raise RunError(f"the resume checkpoint {path} is corrupt ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:160]}); {fix}") from None
+        raise RunError(f"the resume checkpoint {path} is corrupt ({describe_load_failure(exc)}); {fix}") from None
     state = obj.get("engine") if isinstance(obj, dict) else None
     if state is None and isinstance(obj, dict):
         state = (obj.get("extra") or {}).get("engine")
