@@ -50,12 +50,15 @@ def build_detector(cfg: Any, profile: Profile, *, seed: int, checkpoint: str | P
     A checkpoint's prompt tensors are loaded into a model built from `cfg` (not the checkpoint's
     own config), so evaluation-time switches such as precision can differ from training. The
     checkpoint is ours or an official ``{"prompt_learner": ...}`` file (e.g. released AnomalyCLIP).
+    The frozen tower is shared by every detector of this process with the same backbone, weights,
+    seed and device (built once, not once per run).
     """
     from glocal_lib.model import build_model, load_prompts
 
     torch.manual_seed(seed)
     model = build_model(cfg, backbone=profile.backbone, weights=profile.weights, device=profile.device,
-                        image_size=profile.image_size, seed=seed, backbone_seed=backbone_seed(profile, seed))
+                        image_size=profile.image_size, seed=seed, backbone_seed=backbone_seed(profile, seed),
+                        share_backbone=True)
     if checkpoint is not None:
         load_prompts(model, checkpoint)
     model.eval()

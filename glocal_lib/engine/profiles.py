@@ -22,8 +22,10 @@ PROFILES_FILE = Path(__file__).resolve().parent.parent / "presets" / "profiles.y
 PRECISIONS = ("fp32", "bf16", "fp16")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{results_root\})*))?\}")
 RESULTS_ROOT = "{results_root}"  # in data_root / cache_dir: the profile's (possibly overridden) results root
+FIGURE_FORMATS = ("png", "pdf", "svg")
 _INT_FIELDS = {"image_size": 1, "epochs": 1, "batch_size": 1, "eval_batch_size": 1, "samples_per_category": 0,
-               "synthetic_image_size": 8, "num_workers": 0}  # field -> smallest accepted value
+               "synthetic_image_size": 8, "num_workers": 0,
+               "umap_min_points": 0}  # field -> smallest accepted value
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Profile:
     backbone_seed: int | None = None  # random backbone (weights None): fixed 'pretrained' tower; None = seed
     encode_batch_size: int | None = None  # images per vision forward when filling the cache (None: eval_batch_size)
     torch_threads: int | None = None  # None: torch's default; 1 avoids oversubscription on shared small CPUs
+    figure_formats: str = "png,pdf"  # comma list of png/pdf/svg (PDF on request: env GLOCAL_FIGURE_FORMATS)
+    umap_min_points: int = 0  # prompt-embedding figures with fewer points use PCA (UMAP's JIT start-up dominates)
+    registry_profile: str | None = None  # experiments.yaml plan to run (None: smoke if synthetic, else paper)
 
     def apply_threads(self) -> None:
         """Set torch's intra-op thread count when the profile asks (process-wide, done by the runners)."""
@@ -65,8 +70,18 @@ class Profile:
                 torch.set_num_threads(self.torch_threads)
 
     @property
+    def formats(self) -> tuple[str, ...]:
+        """The figure file formats to write, e.g. ('png',) or ('png', 'pdf')."""
+        return tuple(self.figure_formats.split(","))
+
+    @property
     def is_synthetic(self) -> bool:
         return self.synthetic
+
+    @property
+    def plan_profile(self) -> str:
+        """Which experiments.yaml profile decides the runs (rehearsal: the paper's, on stand-ins)."""
+        return self.registry_profile or ("smoke" if self.synthetic else "paper")
 
     def runs_dir(self, kind: str) -> Path:
         if kind not in ("train", "eval"):
@@ -156,6 +171,12 @@ def _build(name: str, raw: dict[str, Any]) -> Profile:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {values['precision']!r}")
     if values.get("cache_dtype") not in ("fp16", "fp32"):
         raise ConfigError(f"cache_dtype must be 'fp16' or 'fp32', got {values.get('cache_dtype')!r}")
+    formats = [f.strip().lower() for f in str(values.get("figure_formats") or "png").split(",") if f.strip()]
+    bad = sorted(set(formats) - set(FIGURE_FORMATS))
+    if bad or not formats:
+        raise ConfigError(f"figure_formats {values.get('figure_formats')!r} (profile {name!r}, or "
+                          f"$GLOCAL_FIGURE_FORMATS): use a comma list of {FIGURE_FORMATS}, e.g. 'png,pdf'")
+    values["figure_formats"] = ",".join(dict.fromkeys(formats))
     for key, minimum in _INT_FIELDS.items():
         if key in values:
             values[key] = _int_field(key, values[key], minimum)

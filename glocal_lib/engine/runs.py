@@ -52,7 +52,21 @@ def run_id(name: str, identity: dict[str, Any]) -> str:
 
 
 def git_commit() -> dict[str, Any]:
-    """Commit and dirty flag of the package's repository, or 'unknown' outside a git checkout."""
+    """Commit and dirty flag of the package's repository, or 'unknown' outside a git checkout.
+
+    Asked once per process (two git subprocesses; a reproduction starts ~180 runs): the code a
+    process imported does not change under it.
+    """
+    if _GIT_MEMO:
+        return dict(_GIT_MEMO)
+    _GIT_MEMO.update(_git_commit_uncached())
+    return dict(_GIT_MEMO)
+
+
+_GIT_MEMO: dict[str, Any] = {}
+
+
+def _git_commit_uncached() -> dict[str, Any]:
     def _git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)

@@ -1,4 +1,4 @@
-"""Figures from saved run outputs (PNG + PDF), each with its provenance in a footer and a sidecar JSON.
+"""Figures from saved run outputs (PNG, PDF on request), each with its provenance in a footer and a sidecar JSON.
 
 Kinds (experiments.yaml): method_gallery (F3), variant_gallery (F4), sweep_curves (F5), umap (F6-F8),
 score_distribution (F9-F11), category_gallery (F12-F36). A figure whose runs are missing is still
@@ -26,6 +26,7 @@ from glocal_lib.experiments.registry import Cell, EvalJob, Registry  # noqa: E40
 from glocal_lib.experiments.results import ResultStore  # noqa: E402
 from glocal_lib.io import atomic_save_with, atomic_write_json  # noqa: E402
 
+DEFAULT_FORMATS = ("png", "pdf")
 FIGURE_KINDS = ("method_gallery", "variant_gallery", "sweep_curves", "umap", "score_distribution",
                 "category_gallery")
 PROMPT_COLORS = {"gn": "#1f77b4", "ga": "#d62728", "ln": "#2ca02c", "la": "#ff7f0e",
@@ -40,6 +41,7 @@ class FigureBuilder:
         self.store = store
         self._run_ids: list[str] = []
         self._presets: set[str] = set()
+        self._notes: list[str] = []
 
     # --- helpers
     def _use(self, job: EvalJob | None) -> Any:
@@ -63,12 +65,14 @@ class FigureBuilder:
         kind = art["kind"]
         if kind not in FIGURE_KINDS:
             raise ConfigError(f"artifact {artifact_id} ({kind}) is a table, not a figure")
-        self._run_ids, self._presets = [], set()
+        self._run_ids, self._presets, self._notes = [], set(), []
         fig = getattr(self, f"_{kind}")(artifact_id, art)
         prov = prov_mod.build(artifact_id, art["title"], profile=self.store.profile,
                               glocal_preset=self.reg.glocal_preset, presets=sorted(self._presets),
-                              run_ids=self._run_ids, runs_commit=self.store.commit_of(self._run_ids))
-        return save_figure(fig, Path(out_dir), artifact_id, prov)
+                              run_ids=self._run_ids, runs_commit=self.store.commit_of(self._run_ids),
+                              notes=self._notes)
+        formats = getattr(self.store.profile, "formats", DEFAULT_FORMATS)
+        return save_figure(fig, Path(out_dir), artifact_id, prov, formats=formats)
 
     # --- galleries
     def _gallery(self, title: str, rows: list[tuple[str, list[tuple[str, Any]]]]) -> plt.Figure:
@@ -220,6 +224,8 @@ class FigureBuilder:
         panels = self.reg.umap_train_jobs(aid)
         n = max(len(panels), 1)
         fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.6), squeeze=False)
+        min_umap = int(getattr(self.store.profile, "umap_min_points", 0) or 0)
+        used: set[str] = set()
         for ax, (label, job) in zip(axes[0], panels):
             run = self.store.train_run(job)
             ax.set_title(label, fontsize=8)
@@ -231,7 +237,9 @@ class FigureBuilder:
             self._run_ids.append(run.run_id)
             self._presets.add(job.preset)
             emb, names, epochs = run.prompt_embeddings()
-            xy = umap_2d(emb.reshape(-1, emb.shape[-1])).reshape(emb.shape[0], emb.shape[1], 2)
+            flat, how = project_2d(emb.reshape(-1, emb.shape[-1]), min_umap)
+            used.add(how)
+            xy = flat.reshape(emb.shape[0], emb.shape[1], 2)
             for p, name in enumerate(names):
                 color = PROMPT_COLORS.get(name)
                 ax.plot(xy[:, p, 0], xy[:, p, 1], "-", color=color, alpha=0.5, lw=1)
@@ -241,7 +249,11 @@ class FigureBuilder:
             ax.legend(fontsize=6, loc="best")
         if not panels:
             axes[0][0].text(0.5, 0.5, "no train runs for this figure", ha="center")
-        fig.suptitle(f"{aid}: {art['title']}", fontsize=9, y=0.98)
+        projection = " + ".join(sorted(used)) or "none"
+        if used - {"UMAP"}:
+            self._notes.append(f"2-D projection: {projection} (inputs under {min_umap} points use PCA instead "
+                               "of UMAP, whose start-up dominates tiny inputs; the paper profile always uses UMAP)")
+        fig.suptitle(f"{aid}: {art['title']}\nprojection: {projection}", fontsize=9, y=0.98)
         fig.subplots_adjust(bottom=0.06, top=0.82)
         return fig
 
@@ -306,14 +318,26 @@ def _draw_panel(ax: Any, item: dict[str, Any] | None) -> None:
     ax.imshow(np.asarray(item["image"]))
 
 
+def project_2d(points: np.ndarray, min_umap_points: int = 0, seed: int = 0) -> tuple[np.ndarray, str]:
+    """(2-D coordinates, "UMAP" | "PCA"): PCA below `min_umap_points` points (or under 4), else UMAP."""
+    if len(points) < max(4, min_umap_points):
+        return pca_2d(points), "PCA"
+    return umap_2d(points, seed), "UMAP"
+
+
+def pca_2d(points: np.ndarray) -> np.ndarray:
+    """The first two principal axes (zero-padded when there are fewer)."""
+    centered = points - points.mean(0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    out = centered @ vt[:2].T
+    return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+
+
 def umap_2d(points: np.ndarray, seed: int = 0) -> np.ndarray:
     """2-D UMAP of the prompt embeddings (cosine); tiny inputs (a 1-2 epoch smoke run) still work."""
     n = len(points)
     if n < 4:  # UMAP needs a neighbourhood; with 3 points or fewer show the first two principal axes
-        centered = points - points.mean(0)
-        _, _, vt = np.linalg.svd(centered, full_matrices=False)
-        out = centered @ vt[:2].T
-        return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+        return pca_2d(points)
     import warnings
 
     import umap
@@ -344,8 +368,10 @@ def _add_margins(fig: plt.Figure, top_in: float, bottom_in: float) -> None:
                                   transform=fig.transFigure)
 
 
-def save_figure(fig: plt.Figure, out_dir: Path, artifact_id: str, prov: dict[str, Any]) -> list[Path]:
-    """PNG + PDF with the provenance footer (and the smoke banner on top), plus a JSON sidecar."""
+def save_figure(fig: plt.Figure, out_dir: Path, artifact_id: str, prov: dict[str, Any],
+                formats: Sequence[str] = DEFAULT_FORMATS) -> list[Path]:
+    """The figure in `formats` (PNG, PDF...) with the provenance footer (and the smoke banner on top),
+    plus a JSON sidecar; PDFs are slow to write, so the smoke profile asks for PNG only."""
     _add_margins(fig, top_in=0.32 if prov["banner"] else 0.0, bottom_in=0.26)
     if prov["banner"]:
         fig.text(0.5, 1 - 0.04 / fig.get_figheight(), prov["banner"].upper(), ha="center", va="top", fontsize=8,
@@ -355,12 +381,14 @@ def save_figure(fig: plt.Figure, out_dir: Path, artifact_id: str, prov: dict[str
     meta_pdf = {"Title": f"{artifact_id}: {prov['title']}", "Subject": " | ".join(prov_mod.lines(prov, 20)),
                 "Keywords": prov["banner"] or "glocalclip-repro"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [
-        atomic_save_with(out_dir / f"{artifact_id}.png",
-                         lambda p: fig.savefig(p, dpi=110, metadata={"Description": meta_pdf["Subject"]})),
-        atomic_save_with(out_dir / f"{artifact_id}.pdf", lambda p: fig.savefig(p, metadata=meta_pdf)),
-        atomic_write_json(out_dir / f"{artifact_id}.provenance.json", prov),
-    ]
+    meta = {"png": {"Description": meta_pdf["Subject"]}, "pdf": meta_pdf, "svg": {"Title": meta_pdf["Title"]}}
+    paths = [atomic_save_with(out_dir / f"{artifact_id}.{ext}",
+                              lambda p, ext=ext: fig.savefig(p, format=ext, dpi=110 if ext == "png" else "figure",
+                                                          metadata=meta[ext]))
+             for ext in formats]
+    for ext in set(DEFAULT_FORMATS + ("svg",)) - set(formats):  # never leave a stale copy of an older drawing
+        (out_dir / f"{artifact_id}.{ext}").unlink(missing_ok=True)
+    paths.append(atomic_write_json(out_dir / f"{artifact_id}.provenance.json", prov))
     plt.close(fig)
     return paths
 

@@ -1,9 +1,11 @@
 """`glocal reproduce`: execute the notebooks with papermill, in dependency order, into results/<profile>/.
 
 Each executed notebook is kept under results/<profile>/notebooks/ with its log under
-results/<profile>/logs/. Runs that already finished are reused by the engine, so a second
-reproduction only redraws. The kernel is the interpreter running this command (a kernelspec is
-written to a private folder for it), so a fresh virtual environment needs no `ipykernel install`.
+results/<profile>/logs/, and the seconds per notebook in results/<profile>/timings.md. Runs that
+already finished are reused by the engine, so a second reproduction only redraws. The kernel is the
+interpreter running this command (a kernelspec is written to a temporary folder of this
+reproduction), so a fresh virtual environment needs no `ipykernel install`; one kernel serves every
+notebook, its namespace reset between them (kernels.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import platform
 import signal
 import sys
 import tempfile
@@ -20,36 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from glocal_lib.errors import ConfigError, GlocalError
+from glocal_lib.experiments.kernels import KERNEL_NAME, notebook_kernels, private_kernelspec
 from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, write_notebooks
 from glocal_lib.experiments.parameters import check_parameters
 from glocal_lib.experiments.registry import DEFAULT_GLOCAL_PRESET, GLOCAL_PRESETS, load_registry
-from glocal_lib.io import atomic_write_json
+from glocal_lib.io import atomic_write_json, atomic_write_text
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 REPO_NOTEBOOKS = PACKAGE_PARENT / "notebooks"
-KERNEL_NAME = "glocal-repro"
 # notebooks that run their artifacts' jobs themselves; 01/02 run the jobs of every other notebook
 DRAWS_ITS_OWN = {"03_ablations"}
 
 
 class NotebookFailed(GlocalError):
     """A notebook raised: the message names the notebook, the cell and the log."""
-
-
-def _kernel_dir() -> Path:
-    """A kernelspec for this interpreter in a private JUPYTER_PATH entry (works in any fresh venv)."""
-    root = Path(tempfile.gettempdir()) / f"glocal-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
-    spec_dir = root / "kernels" / KERNEL_NAME
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": f"glocal ({Path(sys.executable).parent.parent.name})",
-        "language": "python",
-        "env": {"PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")) if p),
-                "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"},
-        "metadata": {"debugger": False},
-    }
-    atomic_write_json(spec_dir / "kernel.json", spec)
-    return root
 
 
 def notebook_sources() -> Path:
@@ -130,19 +117,21 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def run_notebooks(names: Sequence[str], parameters: dict[str, Any], out_dir: Path, *,
-                  source_dir: Path | None = None, timeout: int | None = None, echo: bool = True) -> dict[str, float]:
-    """Execute notebooks in order with papermill; returns seconds per notebook."""
+                  source_dir: Path | None = None, timeout: int | None = None, echo: bool = True,
+                  shared_kernel: bool = True) -> dict[str, float]:
+    """Execute notebooks in order with papermill; returns seconds per notebook.
+
+    shared_kernel: one kernel for all of them, its namespace reset before each (kernels.py);
+    False: a fresh kernel per notebook.
+    """
     import papermill as pm
 
     source_dir = source_dir or notebook_sources()
     nb_dir, log_dir = out_dir / "notebooks", out_dir / "logs"
     nb_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
-    kernels = _kernel_dir()
-    old_path = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(kernels), old_path) if p)
     timings: dict[str, float] = {}
-    try:
+    with private_kernelspec(PACKAGE_PARENT), notebook_kernels(shared_kernel, os.getcwd()) as kernel:
         for nb in names:
             src, out_path, log_path = source_dir / f"{nb}.ipynb", nb_dir / f"{nb}.ipynb", log_dir / f"{nb}.log"
             if echo:
@@ -151,9 +140,12 @@ def run_notebooks(names: Sequence[str], parameters: dict[str, Any], out_dir: Pat
             running = outcome_path(out_path, INCOMPLETE)  # renamed to out_path only once every cell ran
             with open(log_path, "w", encoding="utf-8") as log:
                 try:
+                    extra = {} if kernel is None else {"km": kernel.km}
+                    if kernel is not None:
+                        kernel.prepare()
                     pm.execute_notebook(str(src), str(running), parameters=parameters, kernel_name=KERNEL_NAME,
                                         cwd=os.getcwd(), log_output=True, stdout_file=log, stderr_file=log,
-                                        progress_bar=False, execution_timeout=timeout)
+                                        progress_bar=False, execution_timeout=timeout, **extra)
                 except pm.PapermillExecutionError as err:
                     raise _failure(nb, settle(running, out_path, FAILED), log_path, err) from None
                 except Exception as err:  # kernel died, timeout, missing kernel...
@@ -166,12 +158,40 @@ def run_notebooks(names: Sequence[str], parameters: dict[str, Any], out_dir: Pat
             timings[nb] = time.perf_counter() - t
             if echo:
                 print(f"[reproduce] {nb} done in {timings[nb]:.1f} s -> {out_path}", flush=True)
-    finally:
-        if old_path is None:
-            os.environ.pop("JUPYTER_PATH", None)
-        else:
-            os.environ["JUPYTER_PATH"] = old_path
     return timings
+
+
+def priced_plan(registry: Any, ids: Sequence[str], profile: Any, costs_file: str | None = None) -> str:
+    """The plan's price (costs.py); synthetic profiles say where to look instead (their data are stand-ins)."""
+    from glocal_lib.experiments.costs import format_price, load_costs, price_plan
+
+    if profile.is_synthetic:
+        return (f"price: profile {profile.name} runs on synthetic stand-ins; "
+                "`glocal reproduce --profile paper --list` prices the real datasets")
+    costs = load_costs(costs_file)
+    return "estimated cost (per artifact, then totals):\n" + format_price(
+        price_plan(registry, ids, profile, costs), costs, profile)
+
+
+def timing_table(timings: dict[str, float], total: float, *, shared_kernel: bool,
+                 load: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> str:
+    """Markdown table of seconds per notebook, with the CPU and its load (timings on a shared machine drift)."""
+    kernel = "one shared kernel (imports paid by the first notebook)" if shared_kernel else "one kernel per notebook"
+    lines = ["| notebook | seconds | share |", "|---|---:|---:|"]
+    lines += [f"| {nb} | {sec:.1f} | {100 * sec / total if total else 0:.0f}% |" for nb, sec in timings.items()]
+    lines.append(f"| **total** | **{total:.1f}** | |")
+    machine = f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}); {kernel}"
+    if load is not None:
+        machine += (f"; load average (1/5/15 min) {' '.join(f'{x:.2f}' for x in load[0])} at the start, "
+                    f"{' '.join(f'{x:.2f}' for x in load[1])} at the end")
+    return "\n".join(lines) + f"\n\n{machine}\n"
+
+
+def _loadavg() -> tuple[float, ...]:
+    try:
+        return tuple(os.getloadavg())
+    except OSError:  # not on every platform
+        return ()
 
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
@@ -185,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glocal reproduce", description=(
         "Run the notebooks (00_data ... 06_tables_report) with papermill and regenerate every table and "
         "figure under results/<profile>/ (index.html lists them). Finished runs are reused."))
-    p.add_argument("--profile", default="smoke", help="smoke (default; synthetic data, CPU, minutes) | paper (GPU)")
+    p.add_argument("--profile", default="smoke", help="smoke (default; synthetic data, CPU, minutes) | paper (GPU) | "
+                   "rehearsal (the paper's runs, model and image size with random weights on stand-ins)")
     p.add_argument("--only", nargs="*", help="artifact ids, comma or space separated (T1,F5,F12-F36); default all")
     p.add_argument("--datasets", nargs="*", help="evaluation dataset keys to keep (e.g. visa mvtec); default all")
     p.add_argument("--methods", nargs="*", help="method columns to keep (CLIP WinCLIP CoOp AnomalyCLIP GlocalCLIP)")
@@ -196,7 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu | cuda | cuda:1 (default: the profile's)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default: the profile's")
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
-    p.add_argument("--list", action="store_true", help="print the artifacts, notebooks and planned runs; run nothing")
+    p.add_argument("--pdf", action="store_true",
+                   help="write every figure as PDF too (the paper profile does by default; same as "
+                        "GLOCAL_FIGURE_FORMATS=png,pdf)")
+    p.add_argument("--kernel-per-notebook", action="store_true",
+                   help="start a fresh kernel for every notebook (default: one kernel, reset between notebooks)")
+    p.add_argument("--list", action="store_true",
+                   help="print the artifacts, notebooks and planned runs with their estimated GPU-hours and "
+                        "feature-cache size; run nothing")
+    p.add_argument("--costs", help="with --list: your own per-image costs (YAML like glocal_lib/bench/costs.yaml)")
     return p
 
 
@@ -204,11 +233,10 @@ def reproduce_cli(argv: Sequence[str]) -> int:
     """Entry point of `glocal reproduce` (argv without the subcommand)."""
     args = build_parser().parse_args(list(argv))
     only, datasets, methods = _split(args.only), _split(args.datasets), _split(args.methods)
-    reg_profile = args.profile if args.profile in ("smoke", "paper") else "smoke"
-    registry = load_registry(profile=reg_profile, glocal_preset=args.preset, datasets=datasets, methods=methods)
-    ids = registry.expand_ids(only)
-    names = select_notebooks(only, registry)
     from glocal_lib.engine import load_profile
+
+    if args.pdf:  # the notebooks' kernels inherit it: the profile's figure_formats reads this variable
+        os.environ["GLOCAL_FIGURE_FORMATS"] = "png,pdf"
 
     overrides = {k: v for k, v in {"results_root": args.results_root, "data_root": args.data_root,
                                    "device": args.device, "precision": args.precision}.items() if v}
@@ -218,6 +246,10 @@ def reproduce_cli(argv: Sequence[str]) -> int:
         raise
     except Exception as err:  # noqa: BLE001
         raise ConfigError(f"profile {args.profile!r}: {err}") from err
+    registry = load_registry(profile=profile.plan_profile, glocal_preset=args.preset, datasets=datasets,
+                             methods=methods)
+    ids = registry.expand_ids(only)
+    names = select_notebooks(only, registry)
     root = Path(profile.results_root).resolve()
     if args.list:
         plan = registry.plan(ids)
@@ -227,6 +259,7 @@ def reproduce_cli(argv: Sequence[str]) -> int:
             print(f"  train {job.name}")
         for ejob in plan.eval_jobs:
             print(f"  eval  {ejob.name}")
+        print(priced_plan(registry, ids, profile, args.costs))
         return 0
     parameters = {"profile": args.profile, "preset": args.preset, "datasets": datasets, "methods": methods,
                   "only": ids if only else None, "results_root": str(root),
@@ -234,12 +267,17 @@ def reproduce_cli(argv: Sequence[str]) -> int:
                   "cache_dir": str(Path(profile.cache_dir).resolve()),
                   "device": args.device, "precision": args.precision, "progress": False}
     check_parameters(parameters, source="parameter passed to the notebooks")
-    t = time.perf_counter()
+    t, load0 = time.perf_counter(), _loadavg()
+    shared = not args.kernel_per_notebook
     with sigterm_as_interrupt():
-        timings = run_notebooks(names, parameters, root, timeout=args.timeout)
+        timings = run_notebooks(names, parameters, root, timeout=args.timeout, shared_kernel=shared)
     total = time.perf_counter() - t
+    table = timing_table(timings, total, shared_kernel=shared, load=(load0, _loadavg()))
     atomic_write_json(root / "logs" / "reproduce.json", {"argv": list(argv), "parameters": parameters,
-                                                         "seconds": timings, "total_seconds": total})
+                                                         "seconds": timings, "total_seconds": total,
+                                                         "shared_kernel": shared, "load_average": [load0, _loadavg()]})
+    atomic_write_text(root / "timings.md", f"# Reproduction time per notebook ({args.profile})\n\n{table}")
+    print(f"[reproduce] seconds per notebook (also in {root / 'timings.md'}):\n{table}")
     print(f"[reproduce] {len(names)} notebooks in {total:.0f} s; results index: {root / 'index.html'}")
     return 0
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import ModelConfig, load_preset
 from ..errors import ConfigError, WeightsError
-from .backbone import load_clip
+from .backbone import load_clip, load_clip_shared
 from .checkpoint import (
     check_backbone,
     checkpoint_kind,
@@ -36,6 +36,7 @@ def build_model(
     weights_dir: str | os.PathLike[str] | None = None,
     allow_download: bool = False,
     allow_other_backbone: bool = False,
+    share_backbone: bool = False,
 ) -> GlocalDetector:
     """Build a GlocalDetector.
 
@@ -52,6 +53,8 @@ def build_model(
         "pretrained" CLIP.
     allow_other_backbone: with our checkpoint, accept a backbone / weights / image size other than
         the ones it was trained with (refused by default: shapes may fit while the numbers are wrong).
+    share_backbone: reuse this process's frozen tower for the same (backbone, weights, seed,
+        device) instead of building it again (the engine builds one detector per run).
     """
     if isinstance(cfg, str):
         cfg = load_preset(cfg)
@@ -92,8 +95,9 @@ def build_model(
     backbone_seed = seed if backbone_seed is None else int(backbone_seed)
     if kind == "official":
         official_flavour(cfg)  # clear ConfigError before loading a large backbone
-    clip = load_clip(backbone, weights, device=device, seed=backbone_seed, weights_dir=weights_dir,
-                     allow_download=allow_download)
+    loader = load_clip_shared if share_backbone else load_clip
+    clip = loader(backbone, weights, device=device, seed=backbone_seed, weights_dir=weights_dir,
+                  allow_download=allow_download)
     model = GlocalDetector(clip, cfg, backbone=backbone, image_size=image_size, seed=seed,
                            backbone_seed=backbone_seed, weights=None if weights is None else str(weights))
     if kind == "ours":

@@ -373,3 +373,59 @@ def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
     patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="bilinear", align_corners=False)
     patch_pos = patch_pos.reshape(width, grid * grid).transpose(0, 1)
     return torch.cat([pos[:1], patch_pos], dim=0)
+
+
+# ------------------------------------------------------------------------------ shared backbones
+# A reproduction builds ~180 detectors over the same frozen tower: building it once per process
+# (per backbone, weights, seed and device) saves the rebuild (seconds for ViT-L, ~0.2 s tiny) each run.
+_SHARED: dict[tuple[Any, ...], tuple[CLIP, int]] = {}
+SHARED_MAX = 2  # at most this many towers stay alive (a ViT-L in fp32 holds ~1.7 GB)
+SHARED_FLAG = "_glocal_shared"  # set on shared towers: detectors may share their zero-shot text cache
+
+
+def _weights_key(weights: str | os.PathLike[str] | None, weights_dir: str | os.PathLike[str] | None) -> Any:
+    """What identifies a weight file for reuse: its resolved path, size and mtime (a rewritten file reloads)."""
+    if weights is None or str(weights) == "openai":
+        return None if weights is None else "openai"
+    path = resolve_weights_path(weights, weights_dir).resolve()
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def _versions(model: CLIP) -> int:
+    """Sum of the parameters' in-place version counters: it changes when a tensor is written in place."""
+    return sum(p._version for p in model.parameters())
+
+
+def load_clip_shared(
+    backbone: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    weights_dir: str | os.PathLike[str] | None = None,
+    allow_download: bool = False,
+) -> CLIP:
+    """`load_clip`, memoised in this process by (backbone, weights file, seed, device).
+
+    The tower is frozen, so detectors can share it; one whose parameters were written in place
+    since it was cached (version counters moved) is rebuilt rather than handed out again.
+    """
+    key = (backbone, _weights_key(weights, weights_dir), int(seed) if weights is None else None,
+           str(torch.device(device)))
+    hit = _SHARED.get(key)
+    if hit is not None and _versions(hit[0]) == hit[1]:
+        _SHARED[key] = _SHARED.pop(key)  # most recently used last
+        return hit[0]
+    _SHARED.pop(key, None)
+    model = load_clip(backbone, weights, device=device, seed=seed, weights_dir=weights_dir,
+                      allow_download=allow_download)
+    while len(_SHARED) >= SHARED_MAX:
+        _SHARED.pop(next(iter(_SHARED)))
+    setattr(model, SHARED_FLAG, True)
+    _SHARED[key] = (model, _versions(model))
+    return model
+
+
+def clear_shared_backbones() -> None:
+    """Drop every memoised tower (frees their memory)."""
+    _SHARED.clear()

@@ -17,7 +17,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from . import scoring
-from .backbone import default_feature_layers, default_vv_start_layer, resolve_feature_layers
+from .backbone import SHARED_FLAG, default_feature_layers, default_vv_start_layer, resolve_feature_layers
 from .losses import gcl_loss, global_loss, local_losses
 from .prompts import FixedPrompts, LearnedPrompts, PromptEnsemble, build_prompt_learner
 from .text import DeepTextPrompts, encode_prompts
@@ -61,6 +61,15 @@ class Prediction:
     image_scores: torch.Tensor
     maps: torch.Tensor
     layer_maps: torch.Tensor
+
+
+def layer_aliases(feature_layers: Sequence[int], vv_start_layer: int | None, alias_final_layer: bool) -> list[int]:
+    """Index of the feature layer each layer repeats under the released aliasing (itself if none)."""
+    n = len(feature_layers)
+    if not alias_final_layer or vv_start_layer is None:
+        return list(range(n))
+    aliased = [i for i, layer in enumerate(feature_layers) if layer >= vv_start_layer - 1]
+    return [aliased[0] if i in aliased else i for i in range(n)]
 
 
 class GlocalDetector(nn.Module):
@@ -186,6 +195,10 @@ class GlocalDetector(nn.Module):
         key = (class_name, tuple((p.data_ptr(), p._version) for p in self.prompt_parameters()),
                self.device, self.cfg)
         cache = self.__dict__.setdefault("_text_cache", {})
+        if self.deep is None and not key[1] and getattr(self.clip, SHARED_FLAG, False):
+            # zero-shot prompts on a shared frozen tower: every detector built on it (one per
+            # evaluation run) encodes the same sentences, so they share one cache
+            cache = self.clip.__dict__.setdefault("_zero_shot_text_cache", {})
         if key not in cache:
             if len(cache) > 64:
                 cache.clear()
@@ -231,12 +244,9 @@ class GlocalDetector(nn.Module):
         the copies differ in the last bit, and the choice must not depend on that float noise.
         """
         n = patch.shape[1]
-        start = self.vision.vv_start_layer
-        if self.cfg.method == "winclip" or not self.cfg.alias_final_layer or start is None \
-                or n != len(self.feature_layers):
+        if self.cfg.method == "winclip" or n != len(self.feature_layers):
             return list(range(n))
-        aliased = [i for i, layer in enumerate(self.feature_layers) if layer >= start - 1]
-        return [aliased[0] if i in aliased else i for i in range(n)]
+        return layer_aliases(self.feature_layers, self.vision.vv_start_layer, self.cfg.alias_final_layer)
 
     def _per_layer(self, patch: torch.Tensor, fn) -> list[torch.Tensor]:
         """fn(patch[:, [i]]) for each unique layer i, returned per layer (aliases share the object)."""
