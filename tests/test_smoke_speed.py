@@ -215,3 +215,29 @@ def test_tiny_projections_use_pca_equal_to_sklearns() -> None:
     for j in range(2):  # principal axes are defined up to sign
         assert np.allclose(np.abs(xy[:, j]), np.abs(ref[:, j]), atol=1e-8)
         assert np.allclose(xy[:, j] * np.sign(xy[0, j]), ref[:, j] * np.sign(ref[0, j]), atol=1e-8)
+
+
+def test_probe_fingerprint_is_computed_once_per_shared_tower_and_vision_settings() -> None:
+    from glocal_lib.engine import features
+
+    profile = load_profile("smoke")
+    base = load_preset("glocalclip-released", "mvtec")
+    a = build_detector(base, profile, seed=1)
+    b = build_detector(base.replace(gcl_lambda=0.0), profile, seed=2)  # other prompts, same vision
+    c = build_detector(base.replace(attention="qq"), profile, seed=3)  # other vision
+    calls = {"n": 0}
+    for m in (a, b, c):
+        real = m.encode_image
+
+        def counting(images, real=real):
+            calls["n"] += 1
+            return real(images)
+
+        m.encode_image = counting
+    fa = features.probe_fingerprint(a, "cpu")
+    assert features.probe_fingerprint(b, "cpu") == fa and calls["n"] == 1
+    fc = features.probe_fingerprint(c, "cpu")
+    assert calls["n"] == 2 and fc != fa
+    bb.clear_shared_backbones()
+    alone = build_detector(base.replace(gcl_lambda=0.0), profile, seed=2)
+    assert alone.clip is not a.clip and features.probe_fingerprint(alone, "cpu") == fa  # same value, recomputed

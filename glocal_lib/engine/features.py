@@ -68,6 +68,14 @@ def vision_options(model: Any) -> dict[str, Any]:
 
 
 _PROBE_MEMO: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # model -> fingerprint
+_SHARED_PROBES: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()  # tower -> {settings: fp}
+
+
+def _encoder_settings(model: Any) -> dict[str, Any]:
+    """The vision encoder's plain settings (every flag it holds, including ones no signature lists yet)."""
+    encoder = getattr(model, "vision", None)
+    return {k: v for k, v in vars(encoder).items() if not k.startswith("_")
+            and isinstance(v, bool | int | float | str | tuple | type(None))} if encoder is not None else {}
 
 
 @torch.no_grad()
@@ -77,6 +85,15 @@ def probe_fingerprint(model: Any, device: str) -> str:
     Values are rounded to 3 significant decimals first so bit-level float noise does not matter
     (a rare rounding flip only costs a cache miss, never a wrong hit).
     """
+    tower = getattr(model, "clip", None)
+    shared_key = None
+    if tower is not None and getattr(tower, "_glocal_shared", False):
+        # detectors on one shared frozen tower with the same vision settings see the same features:
+        # one probe forward per (tower, settings), not one per run (a full ViT-L forward at 518 px)
+        shared_key = json.dumps([vision_options(model), _encoder_settings(model), device], sort_keys=True, default=str)
+        known = _SHARED_PROBES.get(tower, {}).get(shared_key)
+        if known is not None:
+            return known
     if model not in _PROBE_MEMO:
         size = int(model.image_size)
         gen = torch.Generator().manual_seed(1234)
@@ -88,6 +105,8 @@ def probe_fingerprint(model: Any, device: str) -> str:
             h.update(np.round(arr, 3).astype(np.float32).tobytes())
             h.update(str(tuple(arr.shape)).encode())
         _PROBE_MEMO[model] = h.hexdigest()[:16]
+    if shared_key is not None:
+        _SHARED_PROBES.setdefault(tower, {})[shared_key] = _PROBE_MEMO[model]
     return _PROBE_MEMO[model]
 
 

@@ -71,6 +71,12 @@ class Reproduction:
     def plan(self, ids: Sequence[str]) -> Plan:
         return self.registry.plan(ids)
 
+    def price(self, ids: Sequence[str], costs_file: str | Path | None = None) -> pd.DataFrame:
+        """Runs, images, estimated GPU-hours and feature-cache GB per artifact (and a TOTAL row)."""
+        from glocal_lib.experiments.costs import load_costs, price_plan
+
+        return price_plan(self.registry, ids, self.profile, load_costs(costs_file))
+
     # --- work (delegated to the engine)
     def prepare_data(self, only: Sequence[str] | None = None, keys: Sequence[str] | None = None) -> dict[str, Any]:
         """Stand-ins (smoke) or validated real folders (paper) for the datasets the artifacts use."""
@@ -182,7 +188,6 @@ def open_reproduction(profile: str = "smoke", preset: str = DEFAULT_GLOCAL_PRESE
     overrides = {k: v for k, v in dict(results_root=results_root, data_root=data_root, device=device,
                                          precision=precision, **profile_overrides).items() if v is not None}
     prof = load_profile(profile, **overrides)
-    reg_profile = profile if profile in ("smoke", "paper") else ("smoke" if prof.is_synthetic else "paper")
-    registry = load_registry(profile=reg_profile, glocal_preset=preset, datasets=datasets, methods=methods)
+    registry = load_registry(profile=prof.plan_profile, glocal_preset=preset, datasets=datasets, methods=methods)
     store = ResultStore(prof, registry.data.get("lambda_selection_metrics"))
     return Reproduction(registry=registry, profile=prof, store=store, progress=progress)
