@@ -253,7 +253,11 @@ class FigureBuilder:
         if used - {"UMAP"}:
             self._notes.append(f"2-D projection: {projection} (inputs under {min_umap} points use PCA instead "
                                "of UMAP, whose start-up dominates tiny inputs; the paper profile always uses UMAP)")
-        fig.suptitle(f"{aid}: {art['title']}\nprojection: {projection}", fontsize=9, y=0.98)
+        title = str(art["title"])
+        if projection != "UMAP":  # the figure says which projection drew it
+            said = f"({projection}; UMAP from {min_umap} points)"
+            title = title.replace("(UMAP)", said) if "(UMAP)" in title else f"{title} {said}"
+        fig.suptitle(f"{aid}: {title}", fontsize=9, y=0.98)
         fig.subplots_adjust(bottom=0.06, top=0.82)
         return fig
 
