@@ -91,11 +91,15 @@ class Tower:
 
 def _vision_key(cfg: Any, tower: Tower) -> tuple[tuple[Any, ...], int]:
     """(what makes two runs' cached features the same, layers the cache stores per image)."""
-    from glocal_lib.model.backbone import default_feature_layers, default_vv_start_layer
+    from glocal_lib.model.backbone import (
+        default_feature_layers,
+        default_vv_start_layer,
+        resolve_feature_layers,
+    )
     from glocal_lib.model.detector import layer_aliases
 
     d = cfg.to_dict()
-    layers = tuple(d["feature_layers"] or default_feature_layers(tower.depth))
+    layers = resolve_feature_layers(tuple(d["feature_layers"] or default_feature_layers(tower.depth)), tower.depth)
     vv = (d["vv_start_layer"] or default_vv_start_layer(tower.depth)) if d["dual_path"] else None
     winclip = d["method"] == "winclip"
     stored = len(d["window_scales"]) if winclip else len(set(layer_aliases(layers, vv, d["alias_final_layer"])))
