@@ -25,6 +25,9 @@ POSITIONS = ("back", "front", "middle")
 ANCHORS = ("global", "local")
 REDUCTIONS = ("sum", "mean")
 PRECISIONS = ("fp32", "bf16", "fp16")
+ENSEMBLES = ("released", "paper")  # glocal_lib.model.winclip.ENSEMBLES
+ENSEMBLE_MEANS = ("raw", "normalized")
+SCALE_FUSIONS = ("harmonic", "mean")
 
 PRESETS_FILE = Path(__file__).parent / "presets" / "methods.yaml"
 
@@ -43,6 +46,7 @@ class ModelConfig:
     anomaly_position: str = "back"  # where the anomaly tokens sit relative to the shared normal ones
     class_name: str = "object"  # the word after the context ("object" = object-agnostic)
     use_class_names: bool = False  # CoOp / CLIP: put each image's category name in the prompt
+    class_name_spaces: bool = True  # "metal_nut" -> "metal nut" in prompts (False: as the index names it)
     normal_state: str = "{}"
     anomaly_state: str = "damaged {}"
     fixed_templates: tuple[str, str] = ("A photo of a normal {}.", "A photo of a damaged {}.")
@@ -66,6 +70,10 @@ class ModelConfig:
     global_ln_post: bool = False  # released code skips ln_post on the global embedding
     alias_final_layer: bool = True  # released GlocalCLIP: all local layers are the final V-V tokens
     window_scales: tuple[int, ...] = (2, 3)  # WinCLIP window sizes in patches (stride 1)
+    # WinCLIP switches; defaults = zqhang/Accurate-WinCLIP-pytorch (see glocal_lib/model/winclip.py)
+    ensemble: str = "released"  # prompt ensemble: released (7+4 states x 21 templates) | paper (7+5 x 35)
+    ensemble_mean: str = "raw"  # state feature: mean of raw sentence embeddings | "normalized" first
+    scale_fusion: str = "harmonic"  # harmonic mean of image score and scale maps | "mean" of scale maps
 
     # --- scores (spec 4) ---
     temperature: float = 0.07
@@ -91,6 +99,9 @@ class ModelConfig:
         _check_choice("gcl_anchor", self.gcl_anchor, ANCHORS)
         _check_choice("map_reduction", self.map_reduction, REDUCTIONS)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("ensemble", self.ensemble, ENSEMBLES)
+        _check_choice("ensemble_mean", self.ensemble_mean, ENSEMBLE_MEANS)
+        _check_choice("scale_fusion", self.scale_fusion, SCALE_FUSIONS)
         if self.method not in ("clip", "winclip"):
             if self.normal_length < 1:
                 raise ConfigError(f"normal_length must be >= 1, got {self.normal_length}")

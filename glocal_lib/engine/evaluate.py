@@ -33,6 +33,7 @@ from glocal_lib.engine.modeling import (
     build_detector,
     config_from_dict,
     effective_sigma,
+    method_profile,
     model_config,
     resolve_variant,
 )
@@ -183,7 +184,13 @@ def eval_identity(spec: EvalSpec, profile: Profile, data: DataInfo) -> tuple[dic
     return identity, cfg, ckpt, seed
 
 
+def spec_profile(spec: EvalSpec, profile: Profile) -> Profile:
+    """The profile a zero-shot preset runs under (its own tower, e.g. WinCLIP; see method_profile)."""
+    return method_profile(profile, spec.preset or "glocalclip-released") if spec.train_run is None else profile
+
+
 def eval_run_dir(spec: EvalSpec, profile: Profile, data: DataInfo | None = None) -> Path:
+    profile = spec_profile(spec, profile)
     data = data or prepare_data(profile, [spec.dataset])[spec.dataset]
     identity = eval_identity(spec, profile, data)[0]
     return profile.runs_dir("eval") / run_id(spec.name, identity)
@@ -227,6 +234,7 @@ def _safe(name: str) -> str:
 
 def run_eval(spec: EvalSpec, profile: Profile, *, progress: bool = True, data: DataInfo | None = None) -> Path:
     """Evaluate (or resume, or just return) the run for `spec`; returns its folder."""
+    profile = spec_profile(spec, profile)
     require_device(profile.device)
     _model_setup(spec, profile)  # wrong overrides, an unfinished or mismatched train run: refused before data
     data = data or prepare_data(profile, [spec.dataset])[spec.dataset]

@@ -37,6 +37,21 @@ def model_config(preset: str, overrides: dict[str, Any] | None = None, variant: 
     return load_preset(preset, variant, **values)
 
 
+def method_profile(profile: Profile, preset: str | None) -> Profile:
+    """The profile a preset runs under: its ``profile_fields`` for this profile applied (methods.yaml).
+
+    WinCLIP's published numbers come from its own tower and input size (ViT-B-16-plus-240 at 240
+    px), not the GlocalCLIP backbone; the preset says so as data, per profile, so the smoke profile's
+    tiny random tower stays. Unknown fields fail like any profile override.
+    """
+    if preset is None:
+        return profile
+    from glocal_lib.config import preset_info
+
+    fields = (preset_info(preset).get("profile_fields") or {}).get(profile.name)
+    return profile.replace(**fields) if fields else profile
+
+
 def config_from_dict(d: dict[str, Any]) -> Any:
     from glocal_lib.config import ModelConfig
 

@@ -43,8 +43,9 @@ class WeightSource:
 
     filename: str
     url: str
-    sha256: str
+    sha256: str  # the full digest, or the prefix the publisher states (open_clip checks a prefix)
     backbone: str  # the open_clip config the file belongs to
+    also: str = ""  # other published copies (a different serialisation: no checksum known)
 
 
 OPENAI_VIT_L_14_336 = WeightSource(
@@ -56,7 +57,20 @@ OPENAI_VIT_L_14_336 = WeightSource(
     sha256="3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
     backbone="ViT-L-14-336-quickgelu",
 )
-KNOWN_WEIGHTS = {OPENAI_VIT_L_14_336.filename: OPENAI_VIT_L_14_336}
+# WinCLIP's tower: open_clip's pretrained tag laion400m_e31 for ViT-B-16-plus-240 (open_clip
+# pretrained.py). The URL's last field is the SHA256 prefix open_clip verifies after downloading.
+LAION400M_E31_VIT_B_16_PLUS_240 = WeightSource(
+    filename="vit_b_16_plus_240-laion400m_e31-8fb26589.pt",
+    url="https://github.com/mlfoundations/open_clip/releases/download/v0.2-weights/"
+        "vit_b_16_plus_240-laion400m_e31-8fb26589.pt",
+    sha256="8fb26589",
+    backbone="ViT-B-16-plus-240",
+    also="or open_clip_pytorch_model.bin / open_clip_model.safetensors from the Hugging Face repo "
+         "timm/vit_base_patch16_plus_clip_240.laion400m_e31 (what open_clip.create_model("
+         "'ViT-B-16-plus-240', pretrained='laion400m_e31') fetches); the winclip preset reads "
+         "GLOCAL_WINCLIP_WEIGHTS",
+)
+KNOWN_WEIGHTS = {w.filename: w for w in (OPENAI_VIT_L_14_336, LAION400M_E31_VIT_B_16_PLUS_240)}
 
 
 def register_model_configs() -> None:
@@ -84,11 +98,16 @@ def default_vv_start_layer(depth: int) -> int:
     return max(1, depth // 4)
 
 
+def _digest_text(src: WeightSource) -> str:
+    return f"SHA256 {src.sha256}" if len(src.sha256) == 64 else f"SHA256 starting {src.sha256}"
+
+
 def _where_to_get(filename: str) -> str:
     src = KNOWN_WEIGHTS.get(filename)
     if src is None:
         return ""
-    return f" Download it from {src.url} (SHA256 {src.sha256})."
+    also = f", {src.also}" if src.also else ""
+    return f" Download it from {src.url} ({_digest_text(src)}){also}."
 
 
 def resolve_weights_path(
@@ -119,10 +138,10 @@ def verify_checksum(path: Path) -> None:
     if src is None:
         return
     digest = sha256_file(path)
-    if digest != src.sha256:
+    if not digest.startswith(src.sha256):
         raise WeightsError(
-            f"Weight file {path} has SHA256 {digest}, expected {src.sha256} for {src.filename}: the file is "
-            f"corrupt or a different model. Download it again from {src.url}."
+            f"Weight file {path} has SHA256 {digest}, expected {_digest_text(src)} for {src.filename}: the "
+            f"file is corrupt or a different model. Download it again from {src.url}."
         )
 
 

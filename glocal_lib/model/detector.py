@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -22,7 +23,7 @@ from .losses import gcl_loss, global_loss, local_losses
 from .prompts import FixedPrompts, LearnedPrompts, PromptEnsemble, build_prompt_learner
 from .text import DeepTextPrompts, encode_prompts
 from .vision import DualPathVisionEncoder
-from .winclip import encode_windows, window_score_maps
+from .winclip import encode_windows, fuse_scales, window_score_maps
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -175,12 +176,11 @@ class GlocalDetector(nn.Module):
             emb, ids = self.prompts(self.clip.token_embedding, class_name)
             feats = encode_prompts(self.clip, emb, ids, deep, self.cfg.deep_fp16_rounding)
         feats = feats.float()
-        feats = feats / feats.norm(dim=-1, keepdim=True)
         if isinstance(self.prompts, PromptEnsemble):  # WinCLIP: average each state's sentences
-            groups = feats.split(list(self.prompts.group_sizes))
-            feats = torch.stack([g.mean(0) for g in groups])
-            feats = feats / feats.norm(dim=-1, keepdim=True)
-        return feats
+            if self.cfg.ensemble_mean == "normalized":
+                feats = feats / feats.norm(dim=-1, keepdim=True)
+            feats = torch.stack([g.mean(0) for g in feats.split(list(self.prompts.group_sizes))])
+        return feats / feats.norm(dim=-1, keepdim=True)
 
     def text_pairs(self, class_name: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(global pair (2, D), local pair (2, D)), each ordered (normal, anomaly)."""
@@ -233,7 +233,7 @@ class GlocalDetector(nn.Module):
             raise ValueError(f"{len(class_names)} class names for {n} images")
         for name in dict.fromkeys(class_names):
             idx = torch.tensor([i for i, c in enumerate(class_names) if c == name])
-            yield name.replace("_", " "), idx
+            yield name.replace("_", " ") if self.cfg.class_name_spaces else name, idx
 
     def _unique_layers(self, patch: torch.Tensor) -> list[int]:
         """For each feature layer, the index of the layer whose features it repeats (itself if none).
@@ -278,31 +278,40 @@ class GlocalDetector(nn.Module):
         """Image scores (global prompts) and anomaly maps (local prompts), per image.
 
         sigma None -> ``cfg.sigma``; 0 -> no smoothing. Maps are the sum (released) or mean of the
-        per-layer maps, then a scipy-equivalent Gaussian filter per image.
+        per-layer maps, then a scipy-equivalent Gaussian filter per image. WinCLIP: layer_maps are
+        the per-scale maps, maps their fusion with the image score (``cfg.scale_fusion``).
         """
         feats = self._as_features(feats_or_images)
         n = len(feats)
         s = self.image_size
+        winclip = self.cfg.method == "winclip"
         scores = torch.empty(n, device=self.device)
         lmaps = torch.empty(n, feats.patch.shape[1], s, s, device=self.device)
+        fused = torch.empty(n, s, s, device=self.device) if winclip else None
         for name, idx in self._class_groups(n, class_names):
             gpair, lpair = self._frozen_text_pairs(name)
             idx = idx.to(self.device)
             part = feats if len(idx) == len(feats) else feats[idx]  # no copy when one group
             with self.autocast():
                 sc = scoring.image_scores(part.global_emb, gpair, self.cfg.temperature)
-                if self.cfg.method == "winclip":
-                    lm = window_score_maps(part.patch, lpair, self.grid, self.cfg.window_scales,
-                                           self.cfg.temperature)
-                    lm = torch.nn.functional.interpolate(lm, size=(s, s), mode="bilinear", align_corners=False)
+                if winclip:  # scales fused on the patch grid, then upsampled (the released order)
+                    grid_maps = window_score_maps(part.patch, lpair, self.grid, self.cfg.window_scales,
+                                                  self.cfg.temperature)
+                    both = torch.cat([fuse_scales(sc, grid_maps, self.cfg.scale_fusion)[:, None], grid_maps], 1)
+                    both = F.interpolate(both, size=(s, s), mode="bilinear", align_corners=False)
+                    fused[idx] = both[:, 0].float()
+                    lm = both[:, 1:]
                 else:
                     lm = torch.stack(self._per_layer(
                         part.patch, lambda x, lp=lpair: scoring.layer_maps(x, lp, s, self.cfg.temperature)), dim=1)
             scores[idx] = sc.float()
             lmaps[idx] = lm.float()
-        maps = scoring.anomaly_map(lmaps)
-        if self.cfg.map_reduction == "mean":
-            maps = maps / lmaps.shape[1]
+        if fused is not None:
+            maps = fused
+        else:
+            maps = scoring.anomaly_map(lmaps)
+            if self.cfg.map_reduction == "mean":
+                maps = maps / lmaps.shape[1]
         maps = scoring.gaussian_blur(maps, self.cfg.sigma if sigma is None else sigma)
         return Prediction(scores, maps, lmaps)
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .winclip import ANOMALY_STATES, NORMAL_STATES, TEMPLATES, ensemble_sentences
+from .winclip import ensemble_sentences
 
 _TOKENIZER: SimpleTokenizer | None = None
 
@@ -216,13 +216,15 @@ class PromptEnsemble(nn.Module):
     """WinCLIP's compositional prompt ensemble: many sentences per state, averaged after encoding.
 
     ``forward`` returns every sentence (normal states first); ``group_sizes`` says how many
-    sentences belong to (normal, anomaly), for the caller to average their normalised embeddings.
+    sentences belong to (normal, anomaly), for the caller to average their embeddings.
+    ``ensemble`` names the state/template lists (``glocal_lib.model.winclip.ENSEMBLES``).
     """
 
-    def __init__(self, class_name: str = "object", context_length: int = 77) -> None:
+    def __init__(self, class_name: str = "object", context_length: int = 77, ensemble: str = "released") -> None:
         super().__init__()
         self.class_name = class_name
         self.context_length = context_length
+        self.ensemble = ensemble
         self._ids_cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -231,10 +233,12 @@ class PromptEnsemble(nn.Module):
 
     @property
     def group_sizes(self) -> tuple[int, int]:
-        return len(NORMAL_STATES) * len(TEMPLATES), len(ANOMALY_STATES) * len(TEMPLATES)
+        normal, anomalous = ensemble_sentences("x", self.ensemble)
+        return len(normal), len(anomalous)
 
     def prompt_texts(self, class_name: str | None = None) -> list[str]:
-        return ensemble_sentences(class_name or self.class_name)
+        normal, anomalous = ensemble_sentences(class_name or self.class_name, self.ensemble)
+        return normal + anomalous
 
     def token_ids(self, class_name: str | None = None) -> torch.Tensor:
         name = class_name or self.class_name
@@ -254,5 +258,5 @@ def build_prompt_learner(cfg: ModelConfig, width: int, context_length: int = 77,
     if cfg.method == "clip":
         return FixedPrompts(cfg.fixed_templates, cfg.class_name, context_length)
     if cfg.method == "winclip":
-        return PromptEnsemble(cfg.class_name, context_length)
+        return PromptEnsemble(cfg.class_name, context_length, cfg.ensemble)
     return LearnedPrompts(cfg, width, context_length, generator)
