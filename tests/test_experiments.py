@@ -250,7 +250,9 @@ def test_comparison_table_puts_paper_beside_reproduced(fake_results: tuple) -> N
 def test_winclip_is_reproduced_zero_shot_in_t1(fake_results: tuple) -> None:
     """WinCLIP: a zero-shot eval run (preset winclip, no training) per dataset, its value beside the published one."""
     reg, store, root = fake_results
-    df = tables.TableBuilder(reg, store).build("T1").data
+    table = tables.TableBuilder(reg, store).build("T1")
+    df = table.data
+    assert any(n.startswith("WinCLIP (smoke profile): shortcuts") for n in table.notes)  # printed under T1
     jobs = [j for j in reg.plan(["T1"]).eval_jobs if j.method_preset == "winclip"]
     assert {j.dataset for j in jobs} == {"mvtec", "visa", "mpdd", "btad", "sdd", "dtd"}
     assert all(j.train is None and dict(j.overrides) == {"use_class_names": False, "window_scales": (2,)}

@@ -23,6 +23,8 @@ from glocal_lib.engine import load_profile
 from glocal_lib.engine.evaluate import EvalSpec, spec_profile
 from glocal_lib.engine.modeling import method_profile
 from glocal_lib.errors import ConfigError, WeightsError
+from glocal_lib.experiments import provenance
+from glocal_lib.experiments.registry import load_registry
 from glocal_lib.model import winclip
 from glocal_lib.model.backbone import LAION400M_E31_VIT_B_16_PLUS_240, load_clip
 from glocal_lib.model.winclip import (
@@ -221,6 +223,17 @@ def test_missing_or_corrupt_tower_says_where_to_get_it(tmp_path):
     (tmp_path / name).write_bytes(b"truncated download")
     with pytest.raises(WeightsError, match="SHA256 starting 8fb26589"):
         load_clip("ViT-B-16-plus-240", tmp_path / name)
+
+
+def test_smoke_shortcuts_are_printed_on_the_artifacts_that_show_winclip():
+    smoke = load_registry(profile="smoke")
+    notes = smoke.method_notes(smoke.methods_of(smoke.artifact("F3")))
+    assert len(notes) == 1 and "one window scale" in notes[0] and "'object'" in notes[0]
+    assert smoke.method_notes(["CLIP", "CoOp"]) == []
+    assert load_registry(profile="paper").method_notes(["WinCLIP"]) == []  # the preset unchanged
+    prov = provenance.build("F3", "maps", profile="smoke", glocal_preset="glocalclip-released", presets=[],
+                            run_ids=[], notes=notes)
+    assert notes[0] in provenance.footer(prov)  # figures print their notes in the footer
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ class FigureBuilder:
         prov = prov_mod.build(artifact_id, art["title"], profile=self.store.profile,
                               glocal_preset=self.reg.glocal_preset, presets=sorted(self._presets),
                               run_ids=self._run_ids, runs_commit=self.store.commit_of(self._run_ids),
-                              notes=self._notes)
+                              notes=self._notes + self.reg.method_notes(self.reg.methods_of(art)))
         formats = getattr(self.store.profile, "formats", DEFAULT_FORMATS)
         return save_figure(fig, Path(out_dir), artifact_id, prov, formats=formats)
 

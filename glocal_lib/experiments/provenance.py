@@ -86,8 +86,9 @@ def footer(prov: dict[str, Any]) -> str:
     head = f"{prov['banner'].upper()} | " if prov["banner"] else ""
     runs = prov["run_ids"]
     run_txt = ", ".join(runs[:3]) + (f" (+{len(runs) - 3} more)" if len(runs) > 3 else "")
+    notes = "".join(f" | note: {n}" for n in prov.get("notes", []))
     return (f"{head}{prov['artifact']} | profile {prov['profile']} | preset {prov['glocalclip_preset']} | "
-            f"commit {prov['git_commit'][:12]} | runs: {run_txt or 'none'}")
+            f"commit {prov['git_commit'][:12]} | runs: {run_txt or 'none'}{notes}")
 
 
 def html_block(prov: dict[str, Any]) -> str:

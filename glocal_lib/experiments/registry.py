@@ -261,6 +261,11 @@ class Registry:
         """An artifact's method columns after the --methods filter."""
         return [m for m in art.get("methods", []) if self.keep_method(m)]
 
+    def method_notes(self, methods: list[str]) -> list[str]:
+        """What these method columns do differently under this profile (experiments.yaml profile_notes)."""
+        notes = ((m, (self.method(m).get("profile_notes") or {}).get(self.profile)) for m in methods)
+        return [f"{m} ({self.profile} profile): {note}" for m, note in notes if note]
+
     def protocol(self, which: str, domain: str) -> list[tuple[str, list[str]]]:
         """(train set, eval sets) pairs of the profile's main or ablation protocol, filtered."""
         prof = self.data["profiles"][self.profile]

@@ -172,6 +172,7 @@ class TableBuilder:
                                 note=f"mean over {len(vals)} datasets"))
             if entry.get("lambda") == "select" and self.reg.glocal_preset == "glocalclip-released":
                 self._notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells)")
+        self._notes += self.reg.method_notes(self.reg.methods_of(art))
         return out
 
     # --- T3, T4, T6-T10, TA
@@ -209,6 +210,7 @@ class TableBuilder:
     def _per_category(self, aid: str, art: dict[str, Any]) -> list[dict[str, Any]]:
         files = (art.get("paper") or {}).get("files", {})
         out = []
+        self._notes += self.reg.method_notes(self.reg.methods_of(art))
         for ds in [d for d in art["datasets"] if self.reg.keep(d)]:
             pair = self.reg.main_pair_for(ds)
             if pair is None:
