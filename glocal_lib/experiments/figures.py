@@ -19,7 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from glocal_lib.data.registry import load_manifest  # noqa: E402
 from glocal_lib.errors import ConfigError  # noqa: E402
 from glocal_lib.experiments import provenance as prov_mod  # noqa: E402
 from glocal_lib.experiments.registry import Cell, EvalJob, Registry  # noqa: E402
@@ -29,6 +31,7 @@ from glocal_lib.io import atomic_save_with, atomic_write_json  # noqa: E402
 DEFAULT_FORMATS = ("png", "pdf")
 FIGURE_KINDS = ("method_gallery", "variant_gallery", "sweep_curves", "umap", "score_distribution",
                 "category_gallery")
+_LEGEND_IN = 1.6  # inches added on the right of F6-F8 for their legend
 PROMPT_COLORS = {"gn": "#1f77b4", "ga": "#d62728", "ln": "#2ca02c", "la": "#ff7f0e",
                  "n": "#1f77b4", "a": "#d62728"}
 
@@ -132,7 +135,7 @@ class FigureBuilder:
             ref = next((self._sample_for(r) for _, r in runs if r is not None), None)
             path = ref["image_path"] if ref else None
             cols: list[tuple[str, Any]] = [("input", ref and {"image": ref["image"]}),
-                                           ("ground truth", ref and {"mask": ref.get("mask"), "image": ref["image"]})]
+                                           ("ground truth", ref and _truth(ref, ds))]
             for label, run in runs:
                 item = self._sample_for(run, image_path=path) if path else None
                 cols.append((label, item and {"map": item["map"]}))
@@ -178,7 +181,7 @@ class FigureBuilder:
                     break
                 state = "" if item is None else (" (anomalous)" if item["label"] else " (normal)")
                 rows.append((f"{cat}{state}", [("input", item and {"image": item["image"]}),
-                                               ("ground truth", item and {"mask": item.get("mask"), "image": item["image"]}),
+                                               ("ground truth", item and _truth(item, ds)),
                                                (art["method"], item and {"map": item["map"]})]))
         return self._gallery(f"{aid}: {art['title']}", rows)
 
@@ -208,6 +211,8 @@ class FigureBuilder:
                     if xs:
                         ax.plot(xs, ys, style, label=f"{dom} {m.replace('_', ' ')}", ms=4)
             ax.set_title(f"({panel}) {sweep['title']}", fontsize=9)
+            if all(float(x).is_integer() for line in ax.lines for x in line.get_xdata()):
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # lengths and depths are integers
             ax.set_xlabel(sweep["field"], fontsize=8)
             ax.set_ylabel("AUROC (%)", fontsize=8)
             ax.grid(alpha=0.3)
@@ -246,7 +251,11 @@ class FigureBuilder:
                 ax.scatter(xy[:, p, 0], xy[:, p, 1], color=color, s=14, label=name, zorder=3)
                 for e in (0, len(epochs) - 1) if len(epochs) > 6 else range(len(epochs)):
                     ax.annotate(f"E{int(epochs[e])}", xy[e, p], fontsize=6, xytext=(2, 2), textcoords="offset points")
-            ax.legend(fontsize=6, loc="best")
+        right = 3.6 * n / (3.6 * n + _LEGEND_IN)
+        handles, labels = next((a.get_legend_handles_labels() for a in axes[0] if a.collections), ([], []))
+        if handles:  # one legend beside the panels, never over the points
+            fig.legend(handles, labels, loc="center left", bbox_to_anchor=(right + 0.01, 0.45), fontsize=7,
+                       frameon=False)
         if not panels:
             axes[0][0].text(0.5, 0.5, "no train runs for this figure", ha="center")
         projection = " + ".join(sorted(used)) or "none"
@@ -258,7 +267,8 @@ class FigureBuilder:
             said = f"({projection}; UMAP from {min_umap} points)"
             title = title.replace("(UMAP)", said) if "(UMAP)" in title else f"{title} {said}"
         fig.suptitle(f"{aid}: {title}", fontsize=9, y=0.98)
-        fig.subplots_adjust(bottom=0.06, top=0.82)
+        fig.set_figwidth(fig.get_figwidth() + _LEGEND_IN)  # room for the legend on the right
+        fig.subplots_adjust(bottom=0.06, top=0.82, right=right)
         return fig
 
     def _score_distribution(self, aid: str, art: dict[str, Any]) -> plt.Figure:
@@ -300,9 +310,16 @@ class FigureBuilder:
             ax.set_xlabel("image anomaly score", fontsize=7)
             ax.set_ylabel("density", fontsize=7)
             ax.tick_params(labelsize=6)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # close scores: few ticks, so labels never touch
         fig.suptitle(f"{aid}: {art['title']}", fontsize=9, y=0.98)
         fig.subplots_adjust(bottom=0.18, top=0.74, hspace=0.6, wspace=0.35)
         return fig
+
+
+def _truth(item: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The ground-truth panel of a sample: its mask, or none where the dataset has no masks (image-level)."""
+    has_masks = load_manifest(dataset).pixel_level
+    return {"mask": item.get("mask") if has_masks else None, "image": item["image"]}
 
 
 def _draw_panel(ax: Any, item: dict[str, Any] | None) -> None:
@@ -310,12 +327,17 @@ def _draw_panel(ax: Any, item: dict[str, Any] | None) -> None:
         ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=7, transform=ax.transAxes)
         return
     if "map" in item:
-        ax.imshow(np.asarray(item["map"], dtype=np.float32), cmap="jet")
+        shown = ax.imshow(np.asarray(item["map"], dtype=np.float32), cmap="jet")
+        bar = ax.figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)  # each map is scaled to its own range
+        bar.ax.tick_params(labelsize=5, length=2)
+        bar.ax.yaxis.set_major_locator(MaxNLocator(nbins=3))
         return
     if "mask" in item:
         mask = item.get("mask")
-        if mask is None or np.asarray(mask).size == 0 or (np.asarray(mask).max() == 0 and item.get("label") is None):
-            ax.imshow(np.zeros(np.asarray(item["image"]).shape[:2]), cmap="gray", vmin=0, vmax=1)
+        if mask is None or np.asarray(mask).size == 0:  # an image-level dataset: blank is not "no defect"
+            ax.set_facecolor("#d9d9d9")
+            ax.text(0.5, 0.5, "no mask", ha="center", va="center", fontsize=7, color="#444",
+                    transform=ax.transAxes)
             return
         ax.imshow(np.asarray(mask, dtype=np.float32), cmap="gray", vmin=0, vmax=1)
         return
