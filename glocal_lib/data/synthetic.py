@@ -1097,13 +1097,22 @@ def standin_root(key: str, out_root: str | Path) -> Path:
     return out_root
 
 
+# Tiny counts (normal, anomalous) of a one-category dataset (medical sets, SDD). With 2-3 images, as a
+# multi-category split gives each category, the released AUPRO approximation is often undefined (fewer
+# than two FPR steps below 0.3) and a dataset's image AUROC rests on 6 pairs; 6 + 8 define every metric.
+_TINY_SINGLE = (6, 8)
+
+
 def _category_counts(key: str, scale: str | float, categories: Sequence[str]) -> dict[str, tuple[int, int]]:
     real = REAL_COUNTS[key]
     out = {}
     for c in categories:
         n_real, a_real = real[c]
         ci = CATEGORIES[key].index(c)
-        if scale == "tiny":
+        if scale == "tiny" and len(real) == 1:  # one category = the whole dataset: enough for every metric
+            n = 0 if n_real == 0 else _TINY_SINGLE[0]
+            a = 0 if a_real == 0 else _TINY_SINGLE[1]
+        elif scale == "tiny":
             n = 0 if n_real == 0 else 2 + ci % 3
             a = 0 if a_real == 0 else 2 + (ci + 1) % 3
         else:
