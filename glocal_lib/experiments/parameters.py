@@ -11,14 +11,42 @@ from __future__ import annotations
 
 import ast
 import difflib
+import json
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any
 
+from glocal_lib.engine.profiles import PRECISIONS
 from glocal_lib.errors import ConfigError, GlocalError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+
+def name_list(value: Any) -> list[str] | None:
+    """The one parser of name lists (artifact ids, datasets, methods), wherever they come from.
+
+    None stays None (= all). A string is what papermill's ``-p`` or a user passes: a JSON list
+    ('["T1", "F5"]') or names separated by commas and/or spaces ('T1', 'T1,F5', 'visa mvtec'); it
+    is never iterated character by character. A list (argparse ``nargs``, Python callers) has each
+    item split the same way. An empty selection stays empty (it selects nothing).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"cannot read the name list {value!r}: {exc.msg}; write it as 'T1,F5' or as a JSON list") from None
+            if not isinstance(items, list):
+                raise ConfigError(f"the name list {value!r} is not a list")
+            return name_list([str(v) for v in items])
+        return [part for part in re.split(r"[,\s]+", text) if part]
+    items = list(value) if isinstance(value, Iterable) else [value]
+    if not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"expected a list of names or a string, got {value!r}")
+    return [part for item in items for part in re.split(r"[,\s]+", item.strip()) if part]
 
 
 def _optional_str(v: Any) -> bool:

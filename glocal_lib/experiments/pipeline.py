@@ -7,7 +7,6 @@ them), then draws. That keeps each notebook runnable on its own, with any parame
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import pandas as pd
 from glocal_lib.experiments import figures as figures_mod
 from glocal_lib.experiments import report as report_mod
 from glocal_lib.experiments import tables as tables_mod
+from glocal_lib.experiments.parameters import name_list
 from glocal_lib.experiments.provenance import banner_for
 from glocal_lib.experiments.registry import DEFAULT_GLOCAL_PRESET, Plan, Registry, load_registry
 from glocal_lib.experiments.results import ResultStore
@@ -166,13 +166,8 @@ class Reproduction:
 
 
 def as_name_list(value: str | Sequence[str] | None) -> list[str] | None:
-    """Accept a list, or the string papermill's ``-p`` passes ('["visa"]', 'visa,mvtec' or 'visa')."""
-    if value is None or not isinstance(value, str):
-        return None if value is None else list(value)
-    text = value.strip()
-    if text.startswith("["):
-        return [str(v) for v in json.loads(text)]
-    return [part.strip() for part in text.split(",") if part.strip()]
+    """Accept a list, or the string papermill's ``-p`` passes (see parameters.name_list, the one parser)."""
+    return name_list(value)
 
 
 def open_reproduction(profile: str = "smoke", preset: str = DEFAULT_GLOCAL_PRESET,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from glocal_lib.errors import ConfigError
+from glocal_lib.experiments.parameters import name_list
 from glocal_lib.io import read_yaml
 
 REGISTRY_FILE = Path(__file__).with_name("experiments.yaml")
@@ -219,12 +220,12 @@ class Registry:
             raise ConfigError(f"unknown artifact {artifact_id!r} ({self.source}); known: {', '.join(arts)}")
         return arts[artifact_id]
 
-    def expand_ids(self, only: Iterable[str] | None) -> list[str]:
+    def expand_ids(self, only: str | Iterable[str] | None) -> list[str]:
         """`--only T1,F5,F12-F36` -> ids in registry order (ranges like F12-F36 allowed)."""
         arts = self.artifacts
+        only = name_list(only)  # papermill's `-p only T1` is the string "T1", never ["T", "1"]
         if only is None:
             return list(arts)
-        only = list(only)
         if not only:  # an explicit empty selection selects nothing (a notebook with no artifacts of its own)
             return []
         wanted: set[str] = set()

@@ -25,7 +25,7 @@ from typing import Any
 from glocal_lib.errors import ConfigError, GlocalError
 from glocal_lib.experiments.kernels import KERNEL_NAME, notebook_kernels, private_kernelspec
 from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, write_notebooks
-from glocal_lib.experiments.parameters import check_parameters
+from glocal_lib.experiments.parameters import check_parameters, name_list
 from glocal_lib.experiments.registry import DEFAULT_GLOCAL_PRESET, GLOCAL_PRESETS, load_registry
 from glocal_lib.io import atomic_write_json, atomic_write_text
 
@@ -195,10 +195,8 @@ def _loadavg() -> tuple[float, ...]:
 
 
 def _split(values: Sequence[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
-    return out or None
+    """argparse ``nargs='*'``: a flag given with no values selects everything, like no flag."""
+    return name_list(values) or None
 
 
 def build_parser() -> argparse.ArgumentParser:

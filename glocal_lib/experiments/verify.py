@@ -313,7 +313,7 @@ def verify_cli(argv: Sequence[str] | None = None) -> int:
     profile = load_profile(args.profile, **over)
     if roots:
         profile = profile.replace(dataset_roots={**profile.dataset_roots, **roots})
-    registry = load_registry(profile="smoke" if profile.synthetic else "paper", datasets=args.datasets)
+    registry = load_registry(profile=profile.plan_profile, datasets=args.datasets)
     if profile.synthetic and not args.checkpoints:
         raise ConfigError("--profile smoke needs --checkpoints: a folder of official-format files in the released "
                           "layout (e.g. exported with glocal_lib.model.export_official)")
