@@ -5,7 +5,6 @@ Each check measures the drawn figure (rendered bounding boxes), not the code tha
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
