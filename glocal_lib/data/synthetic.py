@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from glocal_lib.data.registry import DATASET_KEYS, load_manifest
 from glocal_lib.errors import ConfigError, DataError
 from glocal_lib.io import atomic_save_with, atomic_write_bytes, atomic_write_text
 
@@ -38,11 +39,6 @@ from glocal_lib.io import atomic_save_with, atomic_write_bytes, atomic_write_tex
 # --------------------------------------------------------------------------------------------------
 
 # fmt: off
-DATASET_KEYS: tuple[str, ...] = (
-    "mvtec", "visa", "mpdd", "btad", "sdd", "dtd", "headct", "brainmri", "br35h", "isic",
-    "colondb", "clinicdb", "kvasir", "endo", "tn3k", "dagm", "covid19",
-)
-
 _MVTEC_DEFECTS: dict[str, tuple[str, ...]] = {
     "bottle": ("broken_large", "broken_small", "contamination"),
     "cable": ("bent_wire", "cable_swap", "combined", "cut_inner_insulation", "cut_outer_insulation",
@@ -72,10 +68,6 @@ _MPDD_DEFECTS: dict[str, tuple[str, ...]] = {
     "tubes": ("anomalous",),
 }
 
-_DTD_CATEGORIES = (
-    "Woven_001", "Woven_127", "Woven_104", "Stratified_154", "Blotchy_099", "Woven_068", "Woven_125",
-    "Marbled_078", "Perforated_037", "Mesh_114", "Fibrous_183", "Matted_069",
-)
 # fmt: on
 
 
@@ -85,42 +77,18 @@ def _even_split(total: int, n: int) -> list[int]:
     return [base + (1 if i < rem else 0) for i in range(n)]
 
 
-# fmt: off
-REAL_COUNTS: dict[str, dict[str, tuple[int, int]]] = {
-    "mvtec": {
-        "bottle": (20, 63), "cable": (58, 92), "capsule": (23, 109), "carpet": (28, 89), "grid": (21, 57),
-        "hazelnut": (40, 70), "leather": (32, 92), "metal_nut": (22, 93), "pill": (26, 141),
-        "screw": (41, 119), "tile": (33, 84), "toothbrush": (12, 30), "transistor": (60, 40),
-        "wood": (19, 60), "zipper": (32, 119),
-    },
-    "visa": {
-        "candle": (100, 100), "capsules": (60, 100), "cashew": (50, 100), "chewinggum": (50, 100),
-        "fryum": (50, 100), "macaroni1": (100, 100), "macaroni2": (100, 100), "pcb1": (100, 100),
-        "pcb2": (100, 100), "pcb3": (101, 100), "pcb4": (101, 100), "pipe_fryum": (50, 100),
-    },
-    "mpdd": {
-        "bracket_black": (32, 47), "bracket_brown": (26, 51), "bracket_white": (30, 30),
-        "connector": (30, 14), "metal_plate": (26, 71), "tubes": (32, 69),
-    },
-    "btad": {"01": (21, 49), "02": (30, 200), "03": (400, 41)},
-    "sdd": {"electrical commutators": (181, 74)},
-    # Per-category counts unknown (spec §7.2): totals 357/947 spread evenly.
-    "dtd": dict(zip(_DTD_CATEGORIES, zip(_even_split(357, 12), _even_split(947, 12)))),
-    "headct": {"brain": (100, 100)},
-    "brainmri": {"brain": (98, 155)},
-    "br35h": {"brain": (1500, 1500)},
-    "isic": {"skin": (0, 379)},
-    "colondb": {"colon": (0, 380)},
-    "clinicdb": {"colon": (0, 612)},
-    "kvasir": {"colon": (0, 1000)},
-    "endo": {"colon": (0, 200)},
-    "tn3k": {"thyroid": (0, 614)},
-    # Per-class counts unknown (spec §6.1): totals 6996/1054 spread evenly.
-    "dagm": {f"Class{i + 1}": c for i, c in enumerate(zip(_even_split(6996, 10), _even_split(1054, 10)))},
-    "covid19": {"chest": (1341, 219)},
-}
+def _manifest_counts(key: str) -> dict[str, tuple[int, int]]:
+    """Real test counts per category from the dataset's manifest (the one source of dataset facts)."""
+    m = load_manifest(key)
+    df = m.expected_counts()
+    total_n, total_a = m.expected_totals()
+    normal = _even_split(total_n, len(df)) if df["test_normal"].isna().any() else df["test_normal"].tolist()
+    anomalous = _even_split(total_a, len(df)) if df["test_anomalous"].isna().any() else df["test_anomalous"].tolist()
+    return {str(c): (int(n), int(a)) for c, n, a in zip(df["category"], normal, anomalous)}
 
-# fmt: on
+
+# Per-category counts the manifests do not know (DTD, DAGM: spec §6.1, §7.2) are the totals spread evenly.
+REAL_COUNTS: dict[str, dict[str, tuple[int, int]]] = {k: _manifest_counts(k) for k in DATASET_KEYS}
 CATEGORIES: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in REAL_COUNTS.items()}
 
 # Empty `ko` masks in the real BTAD (spec §4.4, single third-party source): reproduced at float scales.
