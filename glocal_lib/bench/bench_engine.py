@@ -8,10 +8,13 @@
 Everything runs in ONE process on the same model and data, one after the other:
 - training: the same TrainSpec trained twice, features from the cache (built inside the timed run)
   and recomputed every batch as the released train.py does; losses compared step by step;
-- evaluation: the engine (batched, smoothing on the device, no pictures; cold = cache built in the
-  timed run, warm = cache reused) against a released-style loop (test.py: batch 1, text encoded
-  once, scipy gaussian_filter per image on the CPU, one matplotlib picture per image), metrics of
-  both from glocal_lib.metrics and compared.
+- evaluation: the engine (the profile's defaults: fused attention, batch sizes by image size,
+  smoothing on the device, no pictures; cold = cache built in the timed run, warm = cache reused)
+  against a released-style loop (test.py: batch 1, the released attention arithmetic, text encoded
+  once, scipy gaussian_filter per image on the CPU, a cv2 picture per image as its visualizer
+  writes them; imports before the clock), metrics of both from glocal_lib.metrics and compared;
+  --repeats rounds alternate the three and the record shows medians (and every round's time).
+Peak memory per variant, in fresh subprocesses: glocal_lib.bench.bench_cold_eval.
 Configs: `smoke` = the smoke profile (glocal-tiny-8 at 112 px: the text tower dominates a step);
 `balance` = glocal-tiny-24 at the paper's 518 px and layers 6/12/18/24 (a narrow ViT whose
 vision:text cost ratio is close to ViT-L/14 at 518 px, which is what caching saves).
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -36,35 +38,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from glocal_lib.bench.machine import machine_info, median, timed
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "smoke": {"backbone": "glocal-tiny-8", "image_size": 112, "train_rows": None, "eval_rows": None},
-    # batch-1 vision forwards are ~1.5x faster per image than batch 8 on this CPU at 518 px
-    "balance": {"backbone": "glocal-tiny-24", "image_size": 518, "train_rows": 8, "eval_rows": 12,
-                "encode_batch_size": 1},
+    # vision batch sizes: the profile's choice by image size (glocal_lib.engine.speed)
+    "balance": {"backbone": "glocal-tiny-24", "image_size": 518, "train_rows": 8, "eval_rows": 12},
 }
 
 
-def _machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": str(os.cpu_count()), "torch": torch.__version__,
-            "torch threads": str(torch.get_num_threads()), "python": sys.version.split()[0],
-            "platform": platform.platform()}
-    with_load = getattr(os, "getloadavg", None)
-    if with_load:
-        info["load average (1/5/15 min) at start"] = " / ".join(f"{x:.1f}" for x in with_load())
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
-        "none (no GPU is lent to this task; see the GPU command in the module docstring)"
-    return info
-
-
-def _head(data: Any, rows: int | None) -> Any:
+def head_rows(data: Any, rows: int | None) -> Any:
     from glocal_lib.engine.data_prep import DataInfo, index_hash
 
     if rows is None:
@@ -76,19 +59,46 @@ def _head(data: Any, rows: int | None) -> Any:
     return DataInfo(data.key, data.root, idx, data.eval_level, index_hash(idx))
 
 
-def _released_style_eval(model: Any, data: Any, sigma: float, pics: Path
-                         ) -> tuple[float, pd.DataFrame, dict[str, np.ndarray]]:
-    """test.py's loop: batch 1, CPU scipy smoothing, a picture per image, metrics at the end."""
-    import matplotlib
+def picture_writer() -> tuple[str, Any]:
+    """(name, write(path, image_path, amap, size)) for the released-style loop's pictures.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The released test.py (AnomalyCLIP/GlocalCLIP ``visualization.py``) reads the image with cv2,
+    resizes it, min-max normalises the map, colours it with COLORMAP_JET, blends 50/50 and writes it
+    with ``cv2.imwrite``; this does the same steps. Without opencv (the `bench` extra) no picture is
+    written and the record says so.
+    """
+    try:
+        import cv2
+    except ImportError:
+        return "none (opencv-python-headless not installed)", None
+
+    def write(path: Path, image_path: Path, amap: np.ndarray, size: int) -> None:
+        rgb = cv2.cvtColor(cv2.resize(cv2.imread(str(image_path)), (size, size)), cv2.COLOR_BGR2RGB)
+        span = float(amap.max() - amap.min())
+        norm = (amap - amap.min()) / span if span > 0 else np.zeros_like(amap)
+        heat = cv2.cvtColor(cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+        blend = (0.5 * rgb.astype(float) + 0.5 * heat).astype(np.uint8)
+        cv2.imwrite(str(path), cv2.cvtColor(blend, cv2.COLOR_RGB2BGR))
+
+    return "cv2.imwrite of the JET overlay (as the released visualization.py)", write
+
+
+def released_style_eval(model: Any, data: Any, sigma: float, pics: Path | None
+                        ) -> tuple[float, pd.DataFrame, dict[str, np.ndarray]]:
+    """test.py's loop: batch 1, CPU scipy smoothing, a cv2 picture per image, metrics at the end.
+
+    Imports happen before the clock starts (the released script pays them once at start-up, as
+    our engine does); returns (seconds, metrics rows, map per image path).
+    """
+    import warnings
+
     from scipy.ndimage import gaussian_filter
 
     from glocal_lib.data import AnomalyDataset
     from glocal_lib.metrics import image_metrics, pixel_metrics
     from glocal_lib.model import scoring
 
+    _, write = picture_writer() if pics is not None else ("", None)
     t0 = time.perf_counter()
     ds = AnomalyDataset(data.root, data.index, image_size=model.image_size)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False)
@@ -96,7 +106,7 @@ def _released_style_eval(model: Any, data: Any, sigma: float, pics: Path
     maps_by_path: dict[str, np.ndarray] = {}
     with torch.no_grad():
         gpair, lpair = model.text_pairs()  # released test.py encodes the prompts once
-        for item in loader:
+        for n, item in enumerate(loader):
             feats = model.encode_image(item["image"])
             score = scoring.image_scores(feats.global_emb, gpair, model.cfg.temperature)
             layer = scoring.layer_maps(feats.patch, lpair, model.image_size, model.cfg.temperature)
@@ -110,16 +120,9 @@ def _released_style_eval(model: Any, data: Any, sigma: float, pics: Path
             r["m"].append(amap[0])
             maps_by_path[item["image_path"][0]] = amap[0]
             r["g"].append((item["mask"][0].numpy() > 0.5).astype(np.uint8))
-            fig, ax = plt.subplots(figsize=(3, 3))
-            img = item["image"][0].permute(1, 2, 0).numpy()
-            ax.imshow((img - img.min()) / (img.max() - img.min() + 1e-8))
-            ax.imshow(amap[0], cmap="jet", alpha=0.5)
-            ax.axis("off")
-            fig.savefig(pics / f"{len(list(pics.iterdir()))}.png", dpi=80)
-            plt.close(fig)
+            if write is not None and pics is not None:
+                write(pics / f"{n}.png", Path(data.root) / item["image_path"][0], amap[0], model.image_size)
     rows = []
-    import warnings
-
     for cat, r in results.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -151,14 +154,14 @@ def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace, work:
                         torch_threads=args.threads, eval_batch_size=args.eval_batch_size,
                         encode_batch_size=cfg.get("encode_batch_size") or args.encode_batch_size)
     data = prepare_data(prof, ["mvtec", "visa"])
-    train_data, eval_data = _head(data["mvtec"], cfg["train_rows"]), _head(data["visa"], cfg["eval_rows"])
+    train_data, eval_data = head_rows(data["mvtec"], cfg["train_rows"]), head_rows(data["visa"], cfg["eval_rows"])
     out: dict[str, Any] = {"config": name, "backbone": prof.backbone, "image_size": prof.image_size,
                            "train_images": len(train_data.index), "eval_images": len(eval_data.index),
                            "epochs": args.epochs}
     spec = TrainSpec("bench", train_dataset="mvtec")
     # warm-up (imports, allocator, tokenizer) outside the timings, on its own results and cache folders
     warm_prof = prof.replace(results_root=str(base / "warmup"), cache_dir=str(base / "warmup-cache"))
-    run_train(replace(spec, epochs=1), warm_prof, progress=False, data=_head(data["mvtec"], 4))
+    run_train(replace(spec, epochs=1), warm_prof, progress=False, data=head_rows(data["mvtec"], 4))
     print(f"[{name}] training {len(train_data.index)} images x {args.epochs} epochs, cached ...", flush=True)
     t = time.perf_counter()
     cached = run_train(spec, prof, progress=False, data=train_data)
@@ -180,22 +183,31 @@ def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace, work:
     print(f"[{name}] evaluating {len(eval_data.index)} images: released-style loop ...", flush=True)
     from glocal_lib.engine.modeling import build_detector, config_from_dict
 
-    shutil.rmtree(base / "cache", ignore_errors=True)  # cold start for the engine's evaluation
-    t = time.perf_counter()
-    model = build_detector(config_from_dict(tc.config["model"]), prof, seed=spec.seed, checkpoint=tc.checkpoint())
-    sigma = float(model.cfg.sigma) * prof.image_size / 518.0
-    pics = base / "released_pictures"
-    pics.mkdir(parents=True, exist_ok=True)
-    t_loop, ref, ref_maps = _released_style_eval(model, eval_data, sigma, pics)
-    out["eval_released_s"] = time.perf_counter() - t
-    print(f"[{name}]   {out['eval_released_s']:.1f} s; engine cold ...", flush=True)
-    t = time.perf_counter()
-    cold = run_eval(EvalSpec("bench-cold", "visa", train_run=cached), prof, progress=False, data=eval_data)
-    out["eval_engine_cold_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    warm = run_eval(EvalSpec("bench-warm", "visa", train_run=cached), prof, progress=False, data=eval_data)
-    out["eval_engine_warm_s"] = time.perf_counter() - t
-    print(f"[{name}]   cold {out['eval_engine_cold_s']:.1f} s, warm {out['eval_engine_warm_s']:.1f} s", flush=True)
+    exact = prof.replace(fused_attention=False)  # the released attention arithmetic
+    sigma = float(config_from_dict(tc.config["model"]).sigma) * prof.image_size / 518.0
+    times: dict[str, list[float]] = {"released": [], "cold": [], "warm": []}
+    for rep in range(args.repeats):  # side by side, alternating, median of the repeats
+        def released(rep: int = rep) -> tuple[Any, ...]:
+            model = build_detector(config_from_dict(tc.config["model"]), exact, seed=spec.seed,
+                                   checkpoint=tc.checkpoint())
+            pics = base / f"released_pictures_{rep}"
+            pics.mkdir(parents=True, exist_ok=True)
+            return released_style_eval(model, eval_data, sigma, pics)
+
+        (_, ref, ref_maps), wall, _ = timed(released)
+        times["released"].append(wall)
+        shutil.rmtree(base / "cache", ignore_errors=True)  # cold start for the engine's evaluation
+        cold, wall, _ = timed(lambda rep=rep: run_eval(EvalSpec(f"bench-cold-{rep}", "visa", train_run=cached),
+                                                       prof, progress=False, data=eval_data))
+        times["cold"].append(wall)
+        warm, wall, _ = timed(lambda rep=rep: run_eval(EvalSpec(f"bench-warm-{rep}", "visa", train_run=cached),
+                                                       prof, progress=False, data=eval_data))
+        times["warm"].append(wall)
+        print(f"[{name}]   repeat {rep}: released {times['released'][-1]:.1f} s, engine cold "
+              f"{times['cold'][-1]:.1f} s, warm {times['warm'][-1]:.1f} s", flush=True)
+    out["eval_released_s"], out["eval_engine_cold_s"], out["eval_engine_warm_s"] = (
+        median(times["released"]), median(times["cold"]), median(times["warm"]))
+    out["eval_times"] = times
     got = load_run(cold).metrics()
     got = got[got["category"] != "mean"].merge(ref, on=["category", "metric"], suffixes=("", "_ref"))
     out["metric_rows_compared"] = len(got)
@@ -253,11 +265,16 @@ def _report(results: list[dict[str, Any]], machine: dict[str, str], argv: list[s
             f"**{r['eval_released_s'] / r['eval_engine_cold_s']:.1f}x** | "
             f"{r['eval_released_s'] / r['eval_engine_warm_s']:.1f}x | {r['metric_rows_compared']} | "
             f"{r['metric_max_abs_diff']:.2e} |")
-    lines += ["", "Released-style loop = the released test.py's structure on our model: batch 1, prompts encoded "
-              "once, per-image `scipy.ndimage.gaussian_filter` on the CPU, one matplotlib picture written per "
-              "image, metrics by glocal_lib.metrics at the end. Engine = `run_eval` (batched, smoothing on the "
-              "device inside model.predict, per-category streaming, anomaly maps only for the figure samples); "
-              "cold includes building the feature cache, warm reuses it.", ""]
+    lines += ["", "Released-style loop = the released test.py's structure on our model: batch 1, the released "
+              "attention arithmetic, prompts encoded once, per-image `scipy.ndimage.gaussian_filter` on the CPU, "
+              "one picture per image written as the released visualizer does (cv2 JET overlay + `cv2.imwrite`), "
+              "metrics by glocal_lib.metrics at the end; imports happen before its clock starts. Engine = "
+              "`run_eval` with the profile's defaults (batched, fused attention, smoothing on the device, "
+              "per-category streaming, anomaly maps only for the figure samples); cold includes building the "
+              "feature cache, warm reuses it. Times: median of the repeats (each repeat runs the three one after "
+              "the other): " + "; ".join(
+                  f"{r['config']} " + ", ".join(f"{k} {[round(x, 1) for x in v]}" for k, v in r["eval_times"].items())
+                  for r in results) + ".", ""]
     for r in results:
         lines.append(f"- {r['config']}: training loss {r['loss_first_last'][0]:.3f} -> {r['loss_first_last'][1]:.3f}; "
                      f"evaluation means {r['eval_mean']}; warm == cold metrics: {r['warm_equals_cold']}"
@@ -283,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-batch-size", type=int, default=32)
     p.add_argument("--encode-batch-size", type=int, default=None,
                    help="images per vision forward when filling the cache (default: the profile's)")
+    p.add_argument("--repeats", type=int, default=3, help="evaluation repeats per side (median)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a busy 2-core machine)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary folder, removed)")
     p.add_argument("--out", default="results/benchmarks/engine.md")
@@ -292,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs["custom"] = {"backbone": args.backbone, "image_size": args.image_size, "weights": args.weights,
                          "train_rows": args.train_rows, "eval_rows": args.eval_rows}
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
-    machine = _machine()
+    machine = machine_info(args.device)
     t0 = time.perf_counter()
     tmp = None if args.work else tempfile.mkdtemp(prefix="bench_engine_")
     work = Path(args.work or tmp)

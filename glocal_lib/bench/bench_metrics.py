@@ -1,4 +1,4 @@
-"""Benchmark: our metrics vs scikit-learn and vs straightforward loops, same inputs, one run.
+"""Benchmark: our metrics vs scikit-learn and vs straightforward loops, same inputs, side by side.
 
     python -m glocal_lib.bench.bench_metrics [--n 100 --size 256] [--out results/benchmarks/metrics.md]
 
@@ -10,17 +10,13 @@ absolute difference, speed-up) and, with --out, records it with the command line
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
-import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from glocal_lib.bench.machine import command_line, machine_info, markdown_machine, median, timed
 from glocal_lib.bench.reference_metrics import (
     aupro_cflow_reference,
     aupro_mvtec_bruteforce,
@@ -59,12 +55,12 @@ def synthetic_maps(
 
 
 def _timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[Any, float]:
-    best, value = float("inf"), None
+    """(value, median wall time of `repeat` calls)."""
+    times, value = [], None
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - t0)
-    return value, best
+        value, wall, _ = timed(fn)
+        times.append(wall)
+    return value, median(times)
 
 
 def _sk_f1max(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -76,24 +72,14 @@ def _sk_f1max(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.max(f1[np.isfinite(f1)]))
 
 
-def machine_info() -> str:
+def machine_lines() -> str:
     import scipy
     import skimage
     import sklearn
-    import torch
 
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n"
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu}\n"
-        f"- load average at report time (shared machine): {', '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
-        f"- python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"scikit-learn {sklearn.__version__}, scikit-image {skimage.__version__}, torch {torch.__version__}"
+    return "\n".join(markdown_machine(machine_info())) + (
+        f"\n- numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}, "
+        f"scikit-image {skimage.__version__}"
     )
 
 
@@ -106,7 +92,7 @@ def run(n: int, size: int, seed: int, repeat: int, quantise: int, skip_reference
 
     def add(name: str, ours: Callable[[], float], ref_name: str, ref: Callable[[], float] | None, rep=repeat):
         v, t = _timed(ours, rep)
-        rv, rt = _timed(ref, 1) if ref is not None else (None, None)
+        rv, rt = _timed(ref, rep) if ref is not None else (None, None)
         rows.append((name, t, ref_name, rt, v, rv))
 
     add(
@@ -171,7 +157,7 @@ def run(n: int, size: int, seed: int, repeat: int, quantise: int, skip_reference
         "brute force: map >= t at every distinct score t, direct masks",
         lambda: aupro_mvtec_bruteforce(qmaps, masks),
     )
-    add("pixel_metrics() (all 5 pixel metrics)", lambda: pixel_metrics(maps, masks), "", None, rep=1)
+    add("pixel_metrics() (all 5 pixel metrics)", lambda: pixel_metrics(maps, masks), "", None)
 
     # fill in the torch row's reference value from the cflow row
     rows = [
@@ -181,7 +167,8 @@ def run(n: int, size: int, seed: int, repeat: int, quantise: int, skip_reference
     head = (
         f"Inputs: {n} maps of {size}x{size} (seed {seed}), {int(labels.sum())} anomalous images, "
         f"{n_regions} regions, {int(masks.sum())} anomalous of {masks.size} pixels. "
-        f"Our times: best of {repeat}; reference times: one run, all 200 thresholds (no extrapolation).\n\n"
+        f"Times: median of {repeat} calls, ours and the reference alike, one process, one after the other; "
+        "the released-style AUPRO loop runs all 200 thresholds (no extrapolation).\n\n"
         "| metric | ours (s) | reference | reference (s) | speed-up | ours | reference value | abs diff |\n"
         "|---|---:|---|---:|---:|---:|---:|---:|\n"
     )
@@ -235,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=100, help="number of maps")
     ap.add_argument("--size", type=int, default=256, help="map side in pixels")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3, help="best-of repeats for our functions")
+    ap.add_argument("--repeat", type=int, default=3, help="calls per function, ours and reference (median)")
     ap.add_argument("--quantise", type=int, default=256, help="levels per unit for the brute-force row")
     ap.add_argument("--large-n", type=int, default=0, help="also time ours on this many maps (0: skip)")
     ap.add_argument("--large-size", type=int, default=518, help="map side for the --large-n check")
@@ -247,8 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     table = run(args.n, args.size, args.seed, args.repeat, args.quantise, args.skip_reference)
     if args.large_n:
         table += large_run(args.large_n, args.large_size, args.seed)
-    cmd = "python -m glocal_lib.bench.bench_metrics " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = f"# Metrics benchmark\n\nCommand: `{cmd.strip()}`\n\n{machine_info()}\n\n{table}"
+    cmd = command_line("glocal_lib.bench.bench_metrics", argv)
+    report = f"# Metrics benchmark\n\nCommand: `{cmd.strip()}`\n\n{machine_lines()}\n\n{table}"
     print(report)
     if args.out:
         atomic_write_text(args.out, report)

@@ -176,6 +176,7 @@ def eval_identity(spec: EvalSpec, profile: Profile, data: DataInfo) -> tuple[dic
         "sigma": effective_sigma(cfg, profile, spec.sigma),
         "precision": cfg.precision,
         "features": f"cache-{profile.cache_dtype}" if spec.use_cache else "live",
+        "attention_kernel": "fused" if profile.fused_attention else "exact",
         "samples_per_category": spec.samples_per_category if spec.samples_per_category is not None
         else profile.samples_per_category,
     }
@@ -215,7 +216,7 @@ def _image_uint8(item: dict[str, Any]) -> np.ndarray:
 
 
 def _metrics_for(level_image: bool, level_pixel: bool, scores: np.ndarray, labels: np.ndarray,
-                 maps: np.ndarray | None, masks: np.ndarray | None) -> dict[str, float]:
+                 maps: Any, masks: Any, device: str | None = None) -> dict[str, float]:
     from glocal_lib.metrics import image_metrics, pixel_metrics
 
     out: dict[str, float] = {}
@@ -224,7 +225,7 @@ def _metrics_for(level_image: bool, level_pixel: bool, scores: np.ndarray, label
         if level_image:
             out.update({k: float(v) for k, v in image_metrics(scores, labels).items()})
         if level_pixel and maps is not None:
-            out.update({k: float(v) for k, v in pixel_metrics(maps, masks).items()})
+            out.update({k: float(v) for k, v in pixel_metrics(maps, masks, device=device).items()})
     return out
 
 
@@ -278,7 +279,7 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     model = build_detector(cfg, profile, seed=seed, checkpoint=ckpt)
     timing["model_build_s"] = time.perf_counter() - t0
     device, precision = profile.device, identity["precision"]
-    sigma, bs = identity["sigma"], spec.batch_size or profile.eval_batch_size
+    sigma, bs = identity["sigma"], spec.batch_size or profile.predict_batch()
     index = data.index
     cats = list(spec.categories) if spec.categories else data.categories
     unknown = sorted(set(cats) - set(data.categories))
@@ -289,7 +290,7 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
         source: Any = FeatureCache(profile.cache_dir, dtype=profile.cache_dtype).get(
             model, data, backbone=profile.backbone,
             weights_id=weights_identity(profile.weights, profile.cache_dir), device=device,
-            precision=precision, batch_size=profile.encode_batch_size or bs, num_workers=profile.num_workers,
+            precision=precision, batch_size=profile.encode_batch(bs), num_workers=profile.num_workers,
             progress=progress)
     else:
         source = LiveFeatures(model, data, device=device, precision=precision, num_workers=profile.num_workers)
@@ -306,23 +307,27 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     # Batches run across category boundaries (few model calls), but only the categories in progress
     # hold their maps: a category is finalised (metrics, part file) and freed as soon as it is complete.
     open_parts: dict[str, _CategoryAccumulator] = {}
+    on_device = not str(device).startswith("cpu")
     bar = tqdm(total=len(order), desc=f"eval {data.key}", disable=not progress, unit="img")
     for chunk, feats, lab, msk in source.iter_batches(order, bs, device):
         with autocast(device, precision):
             pred = model.predict(feats, sigma=sigma, class_names=list(categories[chunk]))
         s = pred.image_scores.float().cpu().numpy()
-        m = pred.maps.float().cpu().numpy()
         y = lab.cpu().numpy()
-        mk = (msk.cpu().numpy() > 0.5).astype(np.uint8)
+        if on_device:  # maps stay on the GPU; pixel metrics run there (glocal_lib.metrics.device)
+            m, mk = pred.maps.float(), (msk > 0.5).to(torch.uint8)
+        else:
+            m, mk = pred.maps.float().cpu().numpy(), (msk.cpu().numpy() > 0.5).astype(np.uint8)
         for j, row in enumerate(chunk.tolist()):
             cat = str(categories[row])
             if cat not in open_parts:
-                open_parts[cat] = _CategoryAccumulator(rows_of[cat], size, data.has_pixel_metrics)
+                open_parts[cat] = _CategoryAccumulator(rows_of[cat], size, data.has_pixel_metrics,
+                                                       device if on_device else None)
             acc = open_parts[cat]
             acc.add(row, s[j], y[j], m[j], mk[j])
             if row in samples:
-                img = _image_uint8(sample_ds[row])
-                atomic_save_with(sample_dir / f"{row}.npz", lambda p, img=img, a=mk[j], b=m[j]:
+                img, mk_j, m_j = _image_uint8(sample_ds[row]), _host(mk[j]), _host(m[j])
+                atomic_save_with(sample_dir / f"{row}.npz", lambda p, img=img, a=mk_j, b=m_j:
                                  np.savez_compressed(p, image=img, mask=a, map=b))
             if acc.complete:
                 acc.finish(cat_dir / f"{_safe(cat)}.npz", data)
@@ -335,17 +340,29 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     _assemble(run_dir, data, cats, samples, identity, profile.banner)
 
 
-class _CategoryAccumulator:
-    """Scores, labels and (for pixel-level datasets) maps/masks of one category while it is evaluated."""
+def _host(x: Any) -> np.ndarray:
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else x
 
-    def __init__(self, rows: np.ndarray, size: int, keep_maps: bool) -> None:
+
+class _CategoryAccumulator:
+    """Scores, labels and (for pixel-level datasets) maps/masks of one category while it is evaluated;
+    maps and masks live on `device` when one is given (GPU runs: pixel metrics computed there)."""
+
+    def __init__(self, rows: np.ndarray, size: int, keep_maps: bool, device: str | None = None) -> None:
         self.rows = rows
         self.pos = {int(r): i for i, r in enumerate(rows)}
+        self.device = device
         n = len(rows)
         self.scores = np.empty(n, dtype=np.float32)
         self.labels = np.empty(n, dtype=np.int64)
-        self.maps = np.empty((n, size, size), dtype=np.float32) if keep_maps else None
-        self.masks = np.empty((n, size, size), dtype=np.uint8) if keep_maps else None
+        self.maps: Any = None
+        self.masks: Any = None
+        if keep_maps and device is not None:
+            self.maps = torch.empty((n, size, size), dtype=torch.float32, device=device)
+            self.masks = torch.empty((n, size, size), dtype=torch.uint8, device=device)
+        elif keep_maps:
+            self.maps = np.empty((n, size, size), dtype=np.float32)
+            self.masks = np.empty((n, size, size), dtype=np.uint8)
         self.filled = 0
 
     @property
@@ -361,7 +378,7 @@ class _CategoryAccumulator:
 
     def finish(self, part: Path, data: DataInfo) -> None:
         metrics = _metrics_for(data.has_image_metrics, data.has_pixel_metrics, self.scores, self.labels,
-                               self.maps, self.masks)
+                               self.maps, self.masks, self.device)
         atomic_save_with(part, lambda p: np.savez(p, scores=self.scores, labels=self.labels, rows=self.rows,
                                                   metrics=json.dumps(metrics)))
         self.maps = self.masks = None

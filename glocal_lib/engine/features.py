@@ -67,7 +67,8 @@ def vision_options(model: Any) -> dict[str, Any]:
     return {}
 
 
-_PROBE_MEMO: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()  # model -> fingerprint
+# model -> {(dataset, index hash, device, precision): fingerprint}
+_PROBE_MEMO: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], str]] = weakref.WeakKeyDictionary()
 _SHARED_PROBES: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()  # tower -> {settings: fp}
 
 
@@ -78,40 +79,64 @@ def _encoder_settings(model: Any) -> dict[str, Any]:
             and isinstance(v, bool | int | float | str | tuple | type(None))} if encoder is not None else {}
 
 
-@torch.no_grad()
-def probe_fingerprint(model: Any, device: str) -> str:
-    """Hash of the model's vision output on a fixed pseudo-random image: catches any vision change.
+def _fingerprint(feats: Any) -> str:
+    h = hashlib.sha256()
+    for t in (feats.global_emb, feats.patch):
+        arr = t.detach().float().cpu().numpy()
+        h.update(np.round(arr, 3).astype(np.float32).tobytes())
+        h.update(str(tuple(arr.shape)).encode())
+    return h.hexdigest()[:16]
 
+
+@torch.no_grad()
+def probe(model: Any, data: DataInfo, device: str, precision: str = "fp32") -> tuple[str, Any | None]:
+    """(fingerprint, (item, features) of the probe image or None when memoised).
+
+    The fingerprint hashes the model's vision output on the dataset's first image (a fixed
+    pseudo-random image for an empty index): it catches any vision change the explicit key misses.
     Values are rounded to 3 significant decimals first so bit-level float noise does not matter
-    (a rare rounding flip only costs a cache miss, never a wrong hit).
+    (a rare rounding flip only costs a cache miss, never a wrong hit). The probe image is encoded
+    exactly as a cache build encodes it, so a build reuses it as its first row instead of paying
+    one extra forward per cold cache.
     """
+    key = (data.key, data.index_hash, str(device), precision)
+    memo = _PROBE_MEMO.setdefault(model, {})
+    if key in memo:
+        return memo[key], None
     tower = getattr(model, "clip", None)
     shared_key = None
     if tower is not None and getattr(tower, "_glocal_shared", False):
         # detectors on one shared frozen tower with the same vision settings see the same features:
-        # one probe forward per (tower, settings), not one per run (a full ViT-L forward at 518 px)
-        shared_key = json.dumps([vision_options(model), _encoder_settings(model), device], sort_keys=True, default=str)
+        # one probe forward per (tower, settings, data), not one per run (a full ViT-L forward at 518 px)
+        shared_key = json.dumps([vision_options(model), _encoder_settings(model), *key], sort_keys=True, default=str)
         known = _SHARED_PROBES.get(tower, {}).get(shared_key)
         if known is not None:
-            return known
-    if model not in _PROBE_MEMO:
+            memo[key] = known
+            return known, None
+    if len(data.index) == 0:
         size = int(model.image_size)
         gen = torch.Generator().manual_seed(1234)
-        image = (torch.rand(1, 3, size, size, generator=gen) * 2 - 1).to(device)
-        feats = model.encode_image(image)
-        h = hashlib.sha256()
-        for t in (feats.global_emb, feats.patch):
-            arr = t.detach().float().cpu().numpy()
-            h.update(np.round(arr, 3).astype(np.float32).tobytes())
-            h.update(str(tuple(arr.shape)).encode())
-        _PROBE_MEMO[model] = h.hexdigest()[:16]
+        item = None
+        image = torch.rand(1, 3, size, size, generator=gen) * 2 - 1
+    else:
+        from glocal_lib.data import AnomalyDataset
+
+        item = AnomalyDataset(data.root, data.index, image_size=int(model.image_size))[0]
+        image = item["image"][None]
+    feats = encode_batch(model, image, device, precision)
+    memo[key] = _fingerprint(feats)
     if shared_key is not None:
-        _SHARED_PROBES.setdefault(tower, {})[shared_key] = _PROBE_MEMO[model]
-    return _PROBE_MEMO[model]
+        _SHARED_PROBES.setdefault(tower, {})[shared_key] = memo[key]
+    return memo[key], (None if item is None else (item, feats))
+
+
+def probe_fingerprint(model: Any, data: DataInfo, device: str, precision: str = "fp32") -> str:
+    return probe(model, data, device, precision)[0]
 
 
 def cache_key(model: Any, data: DataInfo, *, backbone: str, weights_id: dict[str, Any], image_size: int,
-              precision: str, dtype: str, device: str) -> tuple[str, dict[str, Any]]:
+              precision: str, dtype: str, device: str, fingerprint: str | None = None
+              ) -> tuple[str, dict[str, Any]]:
     """Folder name for (model vision, image size, data) and the dict it hashes (stored in meta.json)."""
     ident = {
         "format": CACHE_FORMAT,
@@ -119,7 +144,7 @@ def cache_key(model: Any, data: DataInfo, *, backbone: str, weights_id: dict[str
         "weights": weights_id,
         "image_size": int(image_size),
         "vision_options": vision_options(model),
-        "probe": probe_fingerprint(model, device),
+        "probe": fingerprint or probe_fingerprint(model, data, device, precision),
         "encode_precision": precision,
         "dtype": dtype,
         "dataset": data.key,
@@ -202,13 +227,16 @@ def _layer_slots(patch: torch.Tensor) -> list[int]:
 
 
 def _loader(data: DataInfo, image_size: int, batch_size: int, num_workers: int,
-            order: Sequence[int] | None = None) -> torch.utils.data.DataLoader:
+            order: Sequence[int] | None = None, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches in `order`; decoding workers overlap the next batch's reads with the model, and pinned
+    host memory lets `.to(device, non_blocking=True)` copy asynchronously (GPU runs)."""
     from glocal_lib.data import AnomalyDataset
 
     ds = AnomalyDataset(data.root, data.index, image_size=image_size)
     ids = list(range(len(ds))) if order is None else list(order)
     batches = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
-    return torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=num_workers)
+    return torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                                       persistent_workers=False, prefetch_factor=2 if num_workers else None)
 
 
 @torch.no_grad()
@@ -218,8 +246,23 @@ def encode_batch(model: Any, images: torch.Tensor, device: str, precision: str) 
     return make_features(feats.global_emb.float(), feats.patch.float())
 
 
+def _batches(model: Any, data: DataInfo, image_size: int, device: str, precision: str, batch_size: int,
+             num_workers: int, first: tuple[dict[str, Any], Any] | None) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(loader item, features) in index order; the probe's image 0, when given, is not encoded again."""
+    start = 0
+    if first is not None:
+        item, feats = first
+        yield {"mask": item["mask"][None], "label": torch.as_tensor([int(item["label"])])}, feats
+        start = 1
+    if start < len(data.index):
+        for item in _loader(data, image_size, batch_size, num_workers, range(start, len(data.index)),
+                            pin_memory=str(device).startswith("cuda")):
+            yield item, encode_batch(model, item["image"], device, precision)
+
+
 def _build(model: Any, data: DataInfo, tmp: Path, *, image_size: int, device: str, precision: str,
-           dtype: str, batch_size: int, num_workers: int, dedupe: bool, progress: bool) -> list[int]:
+           dtype: str, batch_size: int, num_workers: int, dedupe: bool, progress: bool,
+           first: tuple[dict[str, Any], Any] | None = None) -> list[int]:
     from tqdm.auto import tqdm
 
     n = len(data.index)
@@ -227,10 +270,9 @@ def _build(model: Any, data: DataInfo, tmp: Path, *, image_size: int, device: st
     arrays: dict[str, np.ndarray] = {}
     slots: list[int] = []
     labels = np.empty(n, dtype=np.int64)
-    loader = _loader(data, image_size, batch_size, num_workers)
     pos = 0
-    for item in tqdm(loader, desc=f"cache {data.key}", disable=not progress, leave=False):
-        feats = encode_batch(model, item["image"], device, precision)
+    batches = _batches(model, data, image_size, device, precision, batch_size, num_workers, first)
+    for item, feats in tqdm(batches, desc=f"cache {data.key}", disable=not progress, leave=False):
         g, p = feats.global_emb.cpu(), feats.patch.cpu()
         if not arrays:
             slots = _layer_slots(p) if dedupe else list(range(p.shape[1]))
@@ -239,11 +281,11 @@ def _build(model: Any, data: DataInfo, tmp: Path, *, image_size: int, device: st
                       "masks": (np.uint8, (n, image_size, image_size))}
             arrays = _allocate(tmp, shapes)
         elif dedupe:
-            first = {}
+            seen: dict[int, int] = {}
             for i, s in enumerate(slots):
-                if s in first and not torch.equal(p[:, i], p[:, first[s]]):
+                if s in seen and not torch.equal(p[:, i], p[:, seen[s]]):
                     raise _AliasBroken
-                first.setdefault(s, i)
+                seen.setdefault(s, i)
         b = g.shape[0]
         unique_layers = [slots.index(s) for s in range(max(slots) + 1)]
         arrays["global"][pos:pos + b] = g.numpy().astype(np_dtype)
@@ -298,9 +340,10 @@ class FeatureCache:
     def get(self, model: Any, data: DataInfo, *, backbone: str, weights_id: dict[str, Any], device: str = "cpu",
             precision: str = "fp32", batch_size: int = 32, num_workers: int = 0, progress: bool = False
             ) -> CachedFeatures:
+        fingerprint, first = probe(model, data, device, precision)
         name, ident = cache_key(model, data, backbone=backbone, weights_id=weights_id,
                                 image_size=int(model.image_size), precision=precision, dtype=self.dtype,
-                                device=device)
+                                device=device, fingerprint=fingerprint)
         final = self.root / name
         if (final / "meta.json").is_file():
             return CachedFeatures.open(final)
@@ -317,13 +360,13 @@ class FeatureCache:
                 try:
                     slots = _build(model, data, tmp, image_size=int(model.image_size), device=device,
                                    precision=precision, dtype=self.dtype, batch_size=batch_size,
-                                   num_workers=num_workers, dedupe=True, progress=progress)
+                                   num_workers=num_workers, dedupe=True, progress=progress, first=first)
                 except _AliasBroken:
                     shutil.rmtree(tmp)
                     tmp.mkdir()
                     slots = _build(model, data, tmp, image_size=int(model.image_size), device=device,
                                    precision=precision, dtype=self.dtype, batch_size=batch_size,
-                                   num_workers=num_workers, dedupe=False, progress=progress)
+                                   num_workers=num_workers, dedupe=False, progress=progress, first=first)
                 data.index.to_csv(tmp / "index.csv", index=False)
                 atomic_write_json(tmp / "meta.json", {**ident, "slots": slots, "n": len(data.index)})
                 os.rename(tmp, final)
@@ -349,7 +392,8 @@ class LiveFeatures:
     def iter_batches(self, indices: Sequence[int] | np.ndarray, batch_size: int, device: str = "cpu"
                      ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor, torch.Tensor]]:
         indices = np.asarray(indices, dtype=np.int64)
-        loader = _loader(self.data, int(self.model.image_size), batch_size, self.num_workers, indices.tolist())
+        loader = _loader(self.data, int(self.model.image_size), batch_size, self.num_workers, indices.tolist(),
+                         pin_memory=str(self.device).startswith("cuda"))
         for start, item in zip(range(0, len(indices), batch_size), loader):
             feats = encode_batch(self.model, item["image"], self.device, self.precision)
             masks = (item["mask"] > 0.5).float().to(device)

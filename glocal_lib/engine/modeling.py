@@ -76,6 +76,7 @@ def build_detector(cfg: Any, profile: Profile, *, seed: int, checkpoint: str | P
                         share_backbone=True)
     if checkpoint is not None:
         load_prompts(model, checkpoint)
+    model.vision.fused_attention = bool(profile.fused_attention)  # a kernel choice, part of the cache key
     model.eval()
     return model
 

@@ -60,14 +60,29 @@ class Profile:
     figure_formats: str = "png,pdf"  # comma list of png/pdf/svg (PDF on request: env GLOCAL_FIGURE_FORMATS)
     umap_min_points: int = 0  # prompt-embedding figures with fewer points use PCA (UMAP's JIT start-up dominates)
     registry_profile: str | None = None  # experiments.yaml plan to run (None: smoke if synthetic, else paper)
+    fused_attention: bool = False  # vision attention by scaled_dot_product_attention (see model/vision.py)
+    allow_tf32: bool = False  # TF32 matmuls/convolutions on Ampere+ GPUs: faster, ~1e-3 from fp32 (opt-in)
 
     def apply_threads(self) -> None:
-        """Set torch's intra-op thread count when the profile asks (process-wide, done by the runners)."""
-        if self.torch_threads:
-            import torch
+        """Process-wide runtime settings the runners apply: torch's thread count when the profile asks,
+        TF32 when it opts in, and the CPU allocator tuning (glocal_lib.engine.speed)."""
+        from glocal_lib.engine.speed import apply_runtime
 
-            if torch.get_num_threads() != self.torch_threads:
-                torch.set_num_threads(self.torch_threads)
+        apply_runtime(self)
+
+    def predict_batch(self) -> int:
+        """Images per prediction batch in evaluation: eval_batch_size, fewer on a CPU at large image
+        sizes (glocal_lib.engine.speed.auto_predict_batch), where big batches only add memory."""
+        from glocal_lib.engine.speed import auto_predict_batch
+
+        return auto_predict_batch(self.device, self.image_size, self.eval_batch_size)
+
+    def encode_batch(self, fallback: int) -> int:
+        """Images per vision forward when filling the feature cache: the explicit encode_batch_size,
+        else chosen by device and image size (glocal_lib.engine.speed.auto_encode_batch)."""
+        from glocal_lib.engine.speed import auto_encode_batch
+
+        return int(self.encode_batch_size or auto_encode_batch(self.device, self.image_size, fallback))
 
     @property
     def formats(self) -> tuple[str, ...]:

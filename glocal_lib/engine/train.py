@@ -108,6 +108,7 @@ def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo) 
         "seed": spec.seed,
         "precision": profile.precision,
         "features": f"cache-{profile.cache_dtype}" if spec.use_cache else "live",
+        "attention_kernel": "fused" if profile.fused_attention else "exact",
     }
 
 
@@ -169,7 +170,7 @@ def _feature_source(model: Any, data: DataInfo, profile: Profile, use_cache: boo
     cache = FeatureCache(profile.cache_dir, dtype=profile.cache_dtype)
     return cache.get(model, data, backbone=profile.backbone,
                      weights_id=weights_identity(profile.weights, profile.cache_dir), device=profile.device,
-                     precision=profile.precision, batch_size=profile.encode_batch_size or profile.eval_batch_size,
+                     precision=profile.precision, batch_size=profile.encode_batch(profile.eval_batch_size),
                      num_workers=profile.num_workers, progress=progress)
 
 

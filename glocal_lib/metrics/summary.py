@@ -42,11 +42,21 @@ def pixel_metrics(
     fpr_limit: float = 0.3,
     device: str | None = None,
 ) -> dict[str, float]:
-    """Pixel AUROC, AP, F1-max and the AUPRO variants named in ``aupro_methods`` (keys aupro_<m>)."""
-    m, g = check_maps_masks(maps, masks)
-    r = RankedScores.from_arrays(m.ravel(), g.ravel())
-    out = {"pixel_auroc": r.auroc(), "pixel_ap": r.average_precision(), "pixel_f1max": r.f1_max()}
-    del r
+    """Pixel AUROC, AP, F1-max and the AUPRO variants named in ``aupro_methods`` (keys aupro_<m>).
+
+    device (e.g. "cuda"): AUROC/AP/F1-max are computed in torch there (metrics.device; maps given
+    as tensors stay where they are) and AUPRO cflow bins its pixels there; same values.
+    """
+    if device is not None:
+        from glocal_lib.metrics.device import pixel_classification_torch
+
+        out = pixel_classification_torch(maps, masks, device)
+        m, g = check_maps_masks(maps, masks)
+    else:
+        m, g = check_maps_masks(maps, masks)
+        r = RankedScores.from_arrays(m.ravel(), g.ravel())
+        out = {"pixel_auroc": r.auroc(), "pixel_ap": r.average_precision(), "pixel_f1max": r.f1_max()}
+        del r
     for method in aupro_methods:
         if method == "cflow":
             out["aupro_cflow"] = aupro_cflow(m, g, fpr_limit=fpr_limit, device=device, _checked=True)

@@ -268,7 +268,7 @@ class GlocalDetector(nn.Module):
             "feature_layers": list(self.feature_layers), "attention": self.cfg.attention,
             "global_ln_post": self.cfg.global_ln_post, "alias_final_layer": self.cfg.alias_final_layer,
             "window_scales": list(self.cfg.window_scales) if self.cfg.method == "winclip" else None,
-            "precision": self.cfg.precision,
+            "precision": self.cfg.precision, "fused_attention": self.vision.fused_attention,
         }
 
     # ---- inference --------------------------------------------------------------------------

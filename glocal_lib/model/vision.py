@@ -165,10 +165,16 @@ class DualPathVisionEncoder(nn.Module):
             if idx in wanted:
                 taken[idx] = o if v is None else v
         final_v = v if v is not None else o
-        tokens = torch.stack(
-            [final_v if self._aliased(layer) else taken[layer] for layer in self.feature_layers], dim=1
-        )
-        patch = self.visual.ln_post(tokens[:, :, 1:]) @ self.visual.proj
+        # ln_post + proj once per distinct token tensor: aliased layers share the final V-V result
+        # (a view, as in the released code, where they are the same tensor).
+        sources = [final_v if self._aliased(layer) else taken[layer] for layer in self.feature_layers]
+        distinct: list[torch.Tensor] = []
+        for t in sources:
+            if not any(t is d for d in distinct):
+                distinct.append(t)
+        projected = self.visual.ln_post(torch.stack(distinct, dim=1)[:, :, 1:]) @ self.visual.proj
+        slot = [next(i for i, d in enumerate(distinct) if t is d) for t in sources]
+        patch = projected if slot == list(range(len(sources))) else projected[:, slot]
         cls = o[:, 0]
         if self.global_ln_post:
             cls = self.visual.ln_post(cls)
