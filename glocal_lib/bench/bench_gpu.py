@@ -38,10 +38,9 @@ MODULE = "glocal_lib.bench.bench_gpu"
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, by name fragment.
 DENSE_BF16_PEAK_TFLOPS = {
     "H200": 989.0,
-    "H100 SXM": 989.0,
+    "H100": 989.0,  # torch names the SXM part "NVIDIA H100 80GB HBM3"; the others say PCIe / NVL
     "H100 NVL": 835.0,
     "H100 PCIe": 756.0,
-    "H100": 756.0,  # unnamed H100 variant: the lower (PCIe) figure
     "A100": 312.0,
     "L40S": 362.0,
     "RTX 4090": 165.0,
@@ -55,17 +54,26 @@ def dense_bf16_peak(name: str) -> float | None:
     return DENSE_BF16_PEAK_TFLOPS[max(hits, key=len)] if hits else None
 
 
-def count_forward_flops(model: Any, image_size: int, device: str, precision: str = "fp32") -> int:
-    """FLOPs of one image's vision forward as torch counts them (matmuls, attention kernels; 2 per MAC)."""
-    from torch.utils.flop_counter import FlopCounterMode
+def vision_flops(model: Any) -> int:
+    """FLOPs of one image's dual-path vision forward (2 per multiply-add), from the tower's sizes.
 
-    from glocal_lib.engine.features import autocast
-
-    x = torch.zeros(1, 3, image_size, image_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter, autocast(device, precision):
-        model.vision(x)
-    return int(counter.get_total_flops())
+    Patch embedding; per block qkv (6NW^2), per attention scores + weighted sum (4N^2W) and output
+    projection (2NW^2), MLP (2 * 2N * W * hidden); two attentions from vv_start_layer on; the final
+    projection per distinct feature layer and for the CLS token. Softmax, norms and activations are
+    not counted. tests/test_bench.py checks it against torch.utils.flop_counter, which misses
+    attention kernels on CPUs (SDPA, nn.MultiheadAttention's fast path), so it cannot be used here.
+    """
+    vis = model.vision
+    visual = vis.visual
+    w = int(visual.conv1.weight.shape[0])
+    n = vis.grid ** 2 + 1
+    hidden = int(visual.transformer.resblocks[0].mlp.c_fc.weight.shape[0])
+    total = 2 * (n - 1) * int(visual.conv1.weight[0].numel()) * w
+    for block in range(1, vis.depth + 1):
+        attentions = 1 if vis.vv_start_layer is None or block < vis.vv_start_layer else 2
+        total += 6 * n * w * w + attentions * (4 * n * n * w + 2 * n * w * w) + 4 * n * w * hidden
+    distinct = {"final" if vis._aliased(layer) or layer == vis.depth else layer for layer in vis.feature_layers}
+    return total + len(distinct) * 2 * (n - 1) * w * vis.output_dim + 2 * w * vis.output_dim
 
 
 def _sync(device: str) -> None:
@@ -93,8 +101,8 @@ def forward_rows(model: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen).to(args.device)
     peak = dense_bf16_peak(torch.cuda.get_device_name(0)) if args.device.startswith("cuda") else None
+    flops = vision_flops(model)
     for precision in args.precisions.split(","):
-        flops = count_forward_flops(model, args.image_size, args.device, precision)
 
         def run(precision: str = precision) -> None:
             with torch.no_grad(), autocast(args.device, precision):
@@ -186,9 +194,9 @@ def report(fwd: list[dict[str, Any]], ev: dict[str, Any], tr: dict[str, Any], ma
         lines += ["**No GPU was used for this record**: it runs the GPU benchmark's code on a CPU with a "
                   "small tower, so the numbers say nothing about a GPU. Peak device memory is n/a on a CPU.", ""]
     lines += ["## 1. Vision forward only (frozen dual-path tower, random weights)", "",
-              f"Batch {args.batch}, median of {args.iters} timed calls after one warm-up; FLOPs counted by "
-              "torch.utils.flop_counter on one image (2 per multiply-add; softmax, norms and activations not "
-              "counted). Device dense bf16 peak: "
+              f"Batch {args.batch}, median of {args.iters} timed calls after one warm-up; FLOPs per image "
+              "counted from the tower's sizes (bench_gpu.vision_flops: matmuls and attention, 2 per "
+              "multiply-add; softmax, norms and activations not counted). Device dense bf16 peak: "
               + (f"{peak:.0f} TFLOP/s ({name})" if peak else f"unknown for '{name}' (no fraction computed)") + ".",
               "", "| precision | images/s | s/batch | peak memory GiB | GFLOP/image | achieved TFLOP/s | "
               "fraction of dense bf16 peak |", "|---|---:|---:|---:|---:|---:|---:|"]
