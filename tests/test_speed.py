@@ -161,3 +161,30 @@ def test_pixel_metrics_torch_path_undefined_and_bad_inputs():
         pixel_classification_torch(bad, torch.from_numpy(masks))
     with pytest.raises(MetricInputError, match="shape"):
         pixel_classification_torch(torch.from_numpy(maps), torch.from_numpy(masks[:2]))
+
+
+def test_evaluation_accumulator_device_path_equals_host_path(tmp_path):
+    """The evaluation's GPU branch (maps kept as device tensors, metrics in torch) run on the CPU
+    device gives the same per-category metrics as the host (numpy) branch."""
+    import json
+    from types import SimpleNamespace
+
+    from glocal_lib.engine.evaluate import _CategoryAccumulator
+
+    maps, masks = _maps(3, n=6, size=24)
+    scores = maps.reshape(6, -1).max(axis=1)
+    labels = masks.reshape(6, -1).any(axis=1).astype(np.int64)
+    data = SimpleNamespace(has_image_metrics=True, has_pixel_metrics=True)
+    out = {}
+    for name, device in (("host", None), ("device", "cpu")):
+        acc = _CategoryAccumulator(np.arange(6), 24, True, device)
+        for i in range(6):
+            amap, mask = (torch.from_numpy(maps[i]), torch.from_numpy(masks[i])) if device else (maps[i], masks[i])
+            acc.add(i, float(scores[i]), int(labels[i]), amap, mask)
+        assert acc.complete
+        acc.finish(tmp_path / f"{name}.npz", data)
+        with np.load(tmp_path / f"{name}.npz") as z:
+            out[name] = json.loads(str(z["metrics"]))
+    assert out["host"].keys() == out["device"].keys() and len(out["host"]) == 8
+    for k, v in out["host"].items():
+        assert out["device"][k] == pytest.approx(v, abs=1e-14), k
