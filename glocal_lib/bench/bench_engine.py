@@ -238,7 +238,8 @@ def _report(results: list[dict[str, Any]], machine: dict[str, str], argv: list[s
               else "", f"- benchmark wall time: {total_s:.0f} s", "",
               "The machine is shared with other jobs (see the load average): wall times carry that noise; both "
               "sides of every comparison ran back to back in the same process.", "",
-              "## Training (15-epoch protocol, batch 8, Adam 1e-3 (0.5, 0.999), seed 111)", "",
+              f"## Training ({results[0]['epochs'] if results else '?'} epochs (the paper's protocol: 15), batch 8, "
+              "Adam 1e-3 (0.5, 0.999), seed 111; one run per side)", "",
               "| config | backbone @ px | images | epochs | uncached: s/epoch | uncached total s | cached: build s | "
               "cached: s/epoch | cached total s | speed-up (total) | speed-up per epoch after build | "
               "max abs loss diff |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -253,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--eval-batch", type=int, default=16)
     p.add_argument("--encode-batch", type=int, default=None, help="cache fill batch (default: by device/size)")
-    p.add_argument("--cache-dtype", default="fp16", choices=("fp16", "fp32"))
+    p.add_argument("--cache-dtype", default="fp32", choices=("fp16", "fp32"),
+                   help="feature cache dtype (fp32: metrics comparable to the loop; fp16 = the paper profile, ~1e-3)")
     p.add_argument("--workers", type=int, default=None, help="decoding workers (default: 4 on a GPU, 0 on a CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--allow-tf32", action="store_true", help="TF32 fp32 matmuls (off: exact fp32)")
