@@ -55,7 +55,7 @@ class Profile:
     samples_per_category: int = 2
     num_workers: int = 0
     backbone_seed: int | None = None  # random backbone (weights None): fixed 'pretrained' tower; None = seed
-    encode_batch_size: int | None = None  # images per vision forward when filling the cache (None: eval_batch_size)
+    encode_batch_size: int | None = None  # images per vision forward filling the cache (None: by device, image size)
     torch_threads: int | None = None  # None: torch's default; 1 avoids oversubscription on shared small CPUs
     figure_formats: str = "png,pdf"  # comma list of png/pdf/svg (PDF on request: env GLOCAL_FIGURE_FORMATS)
     umap_min_points: int = 0  # prompt-embedding figures with fewer points use PCA (UMAP's JIT start-up dominates)
