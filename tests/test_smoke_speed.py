@@ -74,6 +74,7 @@ def test_detectors_share_the_tower_and_predict_as_an_unshared_one() -> None:
 
     ref = build_model(cfg, backbone=profile.backbone, device="cpu", image_size=profile.image_size, seed=6,
                       backbone_seed=profile.backbone_seed).eval()
+    ref.vision.fused_attention = m2.vision.fused_attention  # same attention kernel as the profile's
     images = torch.randn(2, 3, profile.image_size, profile.image_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got, want = m2.predict(images, sigma=1.0), ref.predict(images, sigma=1.0)

@@ -89,17 +89,18 @@ def _fingerprint(feats: Any) -> str:
 
 
 @torch.no_grad()
-def probe(model: Any, data: DataInfo, device: str, precision: str = "fp32") -> tuple[str, Any | None]:
+def probe(model: Any, data: DataInfo | None, device: str, precision: str = "fp32") -> tuple[str, Any | None]:
     """(fingerprint, (item, features) of the probe image or None when memoised).
 
     The fingerprint hashes the model's vision output on the dataset's first image (a fixed
-    pseudo-random image for an empty index): it catches any vision change the explicit key misses.
+    pseudo-random image without data or for an empty index): it catches any vision change the explicit
+    key misses.
     Values are rounded to 3 significant decimals first so bit-level float noise does not matter
     (a rare rounding flip only costs a cache miss, never a wrong hit). The probe image is encoded
     exactly as a cache build encodes it, so a build reuses it as its first row instead of paying
     one extra forward per cold cache.
     """
-    key = (data.key, data.index_hash, str(device), precision)
+    key = (data.key, data.index_hash, str(device), precision) if data is not None else ("", "", str(device), precision)
     memo = _PROBE_MEMO.setdefault(model, {})
     if key in memo:
         return memo[key], None
@@ -113,7 +114,7 @@ def probe(model: Any, data: DataInfo, device: str, precision: str = "fp32") -> t
         if known is not None:
             memo[key] = known
             return known, None
-    if len(data.index) == 0:
+    if data is None or len(data.index) == 0:
         size = int(model.image_size)
         gen = torch.Generator().manual_seed(1234)
         item = None
@@ -130,7 +131,7 @@ def probe(model: Any, data: DataInfo, device: str, precision: str = "fp32") -> t
     return memo[key], (None if item is None else (item, feats))
 
 
-def probe_fingerprint(model: Any, data: DataInfo, device: str, precision: str = "fp32") -> str:
+def probe_fingerprint(model: Any, device: str, data: DataInfo | None = None, precision: str = "fp32") -> str:
     return probe(model, data, device, precision)[0]
 
 
@@ -144,7 +145,7 @@ def cache_key(model: Any, data: DataInfo, *, backbone: str, weights_id: dict[str
         "weights": weights_id,
         "image_size": int(image_size),
         "vision_options": vision_options(model),
-        "probe": fingerprint or probe_fingerprint(model, data, device, precision),
+        "probe": fingerprint or probe_fingerprint(model, device, data, precision),
         "encode_precision": precision,
         "dtype": dtype,
         "dataset": data.key,
