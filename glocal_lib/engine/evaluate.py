@@ -24,8 +24,9 @@ import pandas as pd
 import torch
 
 from glocal_lib.checks import check_range, check_types
+from glocal_lib.data.dataset import OPENAI_MEAN, OPENAI_STD
 from glocal_lib.engine.data_prep import DataInfo, prepare_data
-from glocal_lib.engine.features import FeatureCache, LiveFeatures, autocast
+from glocal_lib.engine.features import FeatureCache, LiveFeatures
 from glocal_lib.engine.locks import clear_write_errors
 from glocal_lib.engine.modeling import (
     AUTO,
@@ -53,11 +54,10 @@ from glocal_lib.engine.runs import (
 )
 from glocal_lib.errors import ConfigError
 from glocal_lib.io import atomic_save_with, atomic_write_json, git_blob_id, stable_hash
+from glocal_lib.model.detector import autocast
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro_cflow", "aupro_mvtec")
-OPENAI_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-OPENAI_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def sample_rows(index: pd.DataFrame, k: int) -> list[int]:
 
 
 def _image_uint8(item: dict[str, Any]) -> np.ndarray:
-    img = item["image"].float().numpy().transpose(1, 2, 0) * OPENAI_STD + OPENAI_MEAN
+    img = item["image"].float().numpy().transpose(1, 2, 0) * np.asarray(OPENAI_STD, np.float32) + np.asarray(OPENAI_MEAN, np.float32)
     return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
 
 

@@ -13,7 +13,6 @@ half-written cache behind.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -32,17 +31,10 @@ from numpy.lib.format import open_memmap
 from glocal_lib.engine.data_prep import DataInfo
 from glocal_lib.engine.locks import clear_write_errors, disk_full, exclusive, require_space
 from glocal_lib.io import atomic_write_json, stable_hash
+from glocal_lib.model.detector import autocast
 
 CACHE_FORMAT = 1
 _DTYPES = {"fp16": np.float16, "fp32": np.float32}
-
-
-def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """Autocast context for 'bf16'/'fp16', a no-op for 'fp32' (the released code's precision)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def _vision_features_cls() -> Any:

@@ -15,11 +15,11 @@ from typing import Any
 
 import yaml
 
+from glocal_lib.config import PRECISIONS
 from glocal_lib.errors import ConfigError
 from glocal_lib.io import read_yaml
 
 PROFILES_FILE = Path(__file__).resolve().parent.parent / "presets" / "profiles.yaml"
-PRECISIONS = ("fp32", "bf16", "fp16")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^{}]|\{results_root\})*))?\}")
 RESULTS_ROOT = "{results_root}"  # in data_root / cache_dir: the profile's (possibly overridden) results root
 FIGURE_FORMATS = ("png", "pdf", "svg")

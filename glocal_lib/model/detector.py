@@ -28,6 +28,16 @@ from .winclip import encode_windows, fuse_scales, window_score_maps
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast context for 'bf16'/'fp16', a no-op for 'fp32' (the released code's precision).
+
+    The one definition: the detector, the feature cache and evaluation all enter it.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=_AUTOCAST_DTYPES[precision])
+
+
 @dataclass
 class VisionFeatures:
     """What the frozen vision tower gives per image; what the feature cache stores.
@@ -160,9 +170,7 @@ class GlocalDetector(nn.Module):
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast context of ``cfg.precision`` (nothing for fp32, the released precision)."""
-        if self.cfg.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=_AUTOCAST_DTYPES[self.cfg.precision])
+        return autocast(self.device, self.cfg.precision)
 
     # ---- text -------------------------------------------------------------------------------
     def text_embeddings(self, class_name: str | None = None) -> torch.Tensor:
