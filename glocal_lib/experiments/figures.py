@@ -84,7 +84,7 @@ class FigureBuilder:
         nrows = max(len(rows), 1)
         fig_h = 1.9 * nrows + 0.6
         fig, axes = plt.subplots(nrows, ncols, figsize=(max(1.9 * ncols, 5.0), fig_h), squeeze=False)
-        fig.subplots_adjust(top=1 - 0.8 / fig_h, bottom=0.02, hspace=0.12, wspace=0.06)
+        fig.subplots_adjust(top=1 - 0.8 / fig_h, bottom=0.02, hspace=0.12, wspace=0.3)  # room for colour bars
         for r, (label, cols) in enumerate(rows):
             for c in range(ncols):
                 ax = axes[r][c]
@@ -335,7 +335,7 @@ def _draw_panel(ax: Any, item: dict[str, Any] | None) -> None:
     if "mask" in item:
         mask = item.get("mask")
         if mask is None or np.asarray(mask).size == 0:  # an image-level dataset: blank is not "no defect"
-            ax.set_facecolor("#d9d9d9")
+            ax.imshow(np.full(np.asarray(item["image"]).shape[:2], 0.85), cmap="gray", vmin=0, vmax=1)
             ax.text(0.5, 0.5, "no mask", ha="center", va="center", fontsize=7, color="#444",
                     transform=ax.transAxes)
             return
