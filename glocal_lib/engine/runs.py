@@ -192,8 +192,42 @@ def start_run(run_dir: Path, config: dict[str, Any], device: str) -> None:
     atomic_write_json(env_file, env)
 
 
+LEDGER_DIR = "ledger"
+
+
+def ledger_dir(results_root: str | os.PathLike[str]) -> Path:
+    """`<results>/ledger/`: one small JSON file per finished run, `<kind>-<run id>.json`. One file per
+    entry (written atomically, named by the unique run id) so concurrent writers never share a file."""
+    return Path(results_root) / LEDGER_DIR
+
+
 def mark_done(run_dir: Path, info: dict[str, Any] | None = None) -> None:
-    atomic_write_text(run_dir / DONE, json.dumps({"finished": time.time(), **(info or {})}) + "\n")
+    """Write DONE, then the run's ledger entry (job name -> run id), which is how drawing finds it."""
+    finished = time.time()
+    atomic_write_text(run_dir / DONE, json.dumps({"finished": finished, **(info or {})}) + "\n")
+    config = json.loads((run_dir / "config.json").read_text())
+    kind = run_dir.parent.name
+    entry = {"name": config.get("name"), "kind": kind, "run_id": run_dir.name, "status": "done",
+             "dataset": config.get("dataset", config.get("train_dataset")), "finished": finished}
+    atomic_write_json(ledger_dir(run_dir.parent.parent.parent) / f"{kind}-{run_dir.name}.json", entry)
+
+
+def read_ledger(results_root: str | os.PathLike[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(kind, job name) -> the ledger entry of its latest finished run, whose folder still has DONE."""
+    root = Path(results_root)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(ledger_dir(root).glob("*.json")):
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise RunError(f"ledger entry {path} is unreadable ({err}); delete it and rerun the run's "
+                           f"notebook (01_train / 02_evaluate) to record it again") from None
+        key = (str(entry["kind"]), str(entry["name"]))
+        if not is_done(root / "runs" / key[0] / str(entry["run_id"])):
+            continue
+        if key not in out or float(entry["finished"]) >= float(out[key]["finished"]):
+            out[key] = entry
+    return out
 
 
 @dataclass

@@ -21,7 +21,8 @@ from glocal_lib.experiments import tables as tables_mod
 from glocal_lib.experiments.parameters import name_list
 from glocal_lib.experiments.provenance import banner_for
 from glocal_lib.experiments.registry import DEFAULT_GLOCAL_PRESET, Plan, Registry, load_registry
-from glocal_lib.experiments.results import ResultStore
+from glocal_lib.experiments.results import DATA_INDEX_DIR, ResultStore
+from glocal_lib.io import atomic_write_text
 
 ABLATION_NOTEBOOK = "03_ablations"
 
@@ -129,22 +130,28 @@ class Reproduction:
                   "state": self.store.state(j)} for j in plan.eval_jobs]
         return pd.DataFrame(rows, columns=["kind", "name", "done", "state"])
 
-    # --- drawing
-    def data_indexes(self, data: dict[str, Any]) -> dict[str, pd.DataFrame]:
-        return {k: v.index for k, v in data.items()}
+    # --- drawing (from the results folder only: the run ledger, run files and recorded data indexes)
+    def record_data_indexes(self, data: dict[str, Any]) -> list[Path]:
+        """Save each prepared dataset's test-set index (`<results>/datasets/<key>.csv`: category, label)
+        so that T5 and the sample sizes are drawn later without the data."""
+        out = []
+        for key, info in data.items():
+            idx = info.index
+            if "split" in idx.columns:
+                idx = idx[idx["split"] == "test"]
+            cols = [c for c in ("category", "label") if c in idx.columns]
+            out.append(atomic_write_text(self.root / DATA_INDEX_DIR / f"{key}.csv", idx[cols].to_csv(index=False)))
+        return out
 
     def build_tables(self, ids: Sequence[str], data: dict[str, Any] | None = None) -> dict[str, tables_mod.Table]:
         """Tables over every dataset and method they cover (not only this invocation's --datasets/--methods):
-        finished runs from earlier subsets stay in, runs never made show as missing."""
+        finished runs from earlier subsets stay in, runs never made show as missing. `data` (notebook
+        00_data) is recorded first; T5 is drawn from the recorded indexes."""
         registry = self.registry.unfiltered()
-        indexes = None
         if data is not None:
-            indexes = self.data_indexes(data)
-            t5 = registry.artifacts.get("T5", {}).get("datasets", [])
-            for key in [k for k in t5 if k not in indexes]:  # prepared by an earlier subset, if at all
-                info = self.store.data_info(key)
-                if info is not None:
-                    indexes[key] = info.index
+            self.record_data_indexes(data)
+        t5 = registry.artifacts.get("T5", {}).get("datasets", [])
+        indexes = {k: idx for k in t5 if (idx := self.store.data_index(k)) is not None}
         return tables_mod.build_tables(registry, self.store, ids, self.tables_dir, indexes)
 
     def build_figures(self, ids: Sequence[str]) -> dict[str, list[Path]]:
@@ -152,6 +159,16 @@ class Reproduction:
 
     def build_index(self) -> Path:
         return report_mod.build_index(self.registry, self.root, self.profile)
+
+    def draw(self, ids: Sequence[str] | None = None) -> dict[str, list[Path]]:
+        """Redraw every table and figure (and the index) from the results folder alone: what
+        `glocal reproduce --draw` runs on a copied results/ folder (no data, cache or GPU needed)."""
+        ids = self.registry.expand_ids(ids)
+        tables = self.build_tables(ids)
+        out = {aid: [self.tables_dir / f"{aid}.{ext}" for ext in ("csv", "md", "html")] for aid in tables}
+        out.update(self.build_figures(ids))
+        out["index"] = [self.build_index()]
+        return out
 
     # --- display helpers for notebooks
     def show_table(self, table: tables_mod.Table) -> Any:

@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the artifacts, notebooks and planned runs with their estimated GPU-hours and "
                         "feature-cache size; run nothing")
     p.add_argument("--costs", help="with --list: your own per-image costs (YAML like glocal_lib/bench/costs.yaml)")
+    p.add_argument("--draw", action="store_true", help=(
+        "redraw every table, figure and the index from the results folder alone (its run ledger and run "
+        "files): no notebooks, no data, no cache, no GPU; runs nothing"))
     return p
 
 
@@ -259,6 +262,8 @@ def reproduce_cli(argv: Sequence[str]) -> int:
             print(f"  eval  {ejob.name}")
         print(priced_plan(registry, ids, profile, args.costs))
         return 0
+    if args.draw:
+        return draw_cli(args, ids, datasets, methods, root)
     parameters = {"profile": args.profile, "preset": args.preset, "datasets": datasets, "methods": methods,
                   "only": ids if only else None, "results_root": str(root),
                   "data_root": str(Path(profile.data_root).resolve()),
@@ -277,6 +282,23 @@ def reproduce_cli(argv: Sequence[str]) -> int:
     atomic_write_text(root / "timings.md", f"# Reproduction time per notebook ({args.profile})\n\n{table}")
     print(f"[reproduce] seconds per notebook (also in {root / 'timings.md'}):\n{table}")
     print(f"[reproduce] {len(names)} notebooks in {total:.0f} s; results index: {root / 'index.html'}")
+    return 0
+
+
+def draw_cli(args: argparse.Namespace, ids: list[str], datasets: list[str] | None, methods: list[str] | None,
+             root: Path) -> int:
+    """`glocal reproduce --draw`: every artifact redrawn from `root` (a copied results folder is enough)."""
+    from glocal_lib.experiments.pipeline import open_reproduction
+
+    if not (root / "runs").is_dir():
+        raise ConfigError(f"{root} holds no runs/ folder: nothing to draw from; run `glocal reproduce "
+                          f"--profile {args.profile}` first (or pass --results-root <copied results/{args.profile}>)")
+    repro = open_reproduction(profile=args.profile, preset=args.preset, datasets=datasets, methods=methods,
+                              results_root=str(root))
+    t = time.perf_counter()
+    out = repro.draw(ids)
+    print(f"[reproduce --draw] {len(out) - 1} artifacts and the index redrawn from {root} in "
+          f"{time.perf_counter() - t:.0f} s; results index: {root / 'index.html'}")
     return 0
 
 

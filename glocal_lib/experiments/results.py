@@ -1,12 +1,14 @@
 """Finding and reading the saved run outputs behind an artifact's cells (never recomputing a metric).
 
-The store asks the engine where a job's run folder is (run ids are config hashes), opens finished
-runs with the engine's read-only `load_run`, and turns a cell's candidate runs into one value per
+The store finds a job's run folder in the run ledger the engine writes when a run finishes
+(`<results>/ledger/`: job name -> run id), so drawing needs the results folder only (no data, no
+weights, no cache); it opens finished runs with the engine's read-only `load_run`, and turns a cell's candidate runs into one value per
 metric — picking the best lambda on the test set where the released script did, and saying so.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any
 import pandas as pd
 
 from glocal_lib.experiments.registry import Cell, EvalJob, TrainJob
+
+DATA_INDEX_DIR = "datasets"
 
 
 @dataclass
@@ -37,37 +41,35 @@ class ResultStore:
         self.selection_metrics = selection_metrics or ["image_auroc", "image_ap", "pixel_auroc", "aupro_cflow"]
         self._cache: dict[Any, Any] = {}
 
-    # --- where runs live (engine hashing)
-    def data_info(self, key: str) -> Any:
-        """The dataset's DataInfo if its folder is there (never generated here: drawing must not
-        prepare data), else None; its runs are then reported missing."""
-        from glocal_lib.engine.data_prep import existing_data
+    # --- where runs live (the run ledger: no data, no weights, no hashing)
+    @property
+    def root(self) -> Path:
+        return Path(self.profile.results_root)
 
-        if ("data", key) not in self._cache:
-            self._cache[("data", key)] = existing_data(self.profile, key)
-        return self._cache[("data", key)]
+    def ledger(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(kind, job name) -> latest finished run, read once per store from `<results>/ledger/`."""
+        from glocal_lib.engine.runs import read_ledger
 
-    def _data(self, key: str) -> Any:
-        data = self.data_info(key)
-        if data is None:
-            raise LookupError(f"dataset {key!r} is not prepared")
-        return data
+        if "ledger" not in self._cache:
+            self._cache["ledger"] = read_ledger(self.root)
+        return self._cache["ledger"]
 
-    def locate_train(self, job: TrainJob) -> Path:
-        from glocal_lib.engine import train_run_dir
+    def _located(self, kind: str, name: str) -> Path | None:
+        entry = self.ledger().get((kind, name))
+        return None if entry is None else self.root / "runs" / kind / str(entry["run_id"])
 
-        return train_run_dir(job.spec(), self.profile, self._data(job.train_dataset))
+    def locate_train(self, job: TrainJob) -> Path | None:
+        return self._located("train", job.name)
 
     def locate_eval(self, job: EvalJob) -> Path | None:
-        from glocal_lib.engine import eval_run_dir
+        return self._located("eval", job.name)
 
-        train_dir = None
-        if job.train is not None:
-            tr = self.train_run(job.train)
-            if tr is None:
-                return None
-            train_dir = tr.path
-        return eval_run_dir(job.spec(self.profile, train_dir), self.profile, self._data(job.dataset))
+    def data_index(self, key: str) -> pd.DataFrame | None:
+        """The test-set index recorded by notebook 00_data (`<results>/datasets/<key>.csv`), if any."""
+        path = self.root / DATA_INDEX_DIR / f"{key}.csv"
+        if ("index", key) not in self._cache:
+            self._cache[("index", key)] = pd.read_csv(path) if path.is_file() else None
+        return self._cache[("index", key)]
 
     # --- opening runs
     def _open(self, path: Path | None) -> Any:
@@ -80,31 +82,34 @@ class ResultStore:
     def train_run(self, job: TrainJob) -> Any:
         key = ("train", job)
         if key not in self._cache:
-            try:
-                self._cache[key] = self._open(self.locate_train(job))
-            except Exception:  # noqa: BLE001 - a run that cannot be located is reported as missing
-                self._cache[key] = None
+            self._cache[key] = self._open(self.locate_train(job))
         return self._cache[key]
 
     def eval_run(self, job: EvalJob) -> Any:
         key = ("eval", job)
         if key not in self._cache:
-            try:
-                self._cache[key] = self._open(self.locate_eval(job))
-            except Exception:  # noqa: BLE001
-                self._cache[key] = None
+            self._cache[key] = self._open(self.locate_eval(job))
         return self._cache[key]
+
+    def _unfinished(self, kind: str) -> dict[str, Path]:
+        """Job name -> folder of a run not in the ledger (interrupted or failed), from its config.json."""
+        if ("unfinished", kind) not in self._cache:
+            found: dict[str, Path] = {}
+            for cfg in sorted((self.root / "runs" / kind).glob("*/config.json")):
+                if not (cfg.parent / "DONE").is_file():
+                    found[str(json.loads(cfg.read_text()).get("name"))] = cfg.parent
+            self._cache[("unfinished", kind)] = found
+        return self._cache[("unfinished", kind)]
 
     def state(self, job: TrainJob | EvalJob) -> str:
         """'done', 'failed' (its last attempt ended in an error: FAILED says which), 'unfinished' or 'missing'."""
-        try:
-            path = self.locate_train(job) if isinstance(job, TrainJob) else self.locate_eval(job)
-        except Exception:  # noqa: BLE001 - not locatable (data not prepared...): not there
-            path = None
-        if path is None or not (path / "config.json").is_file():
-            return "missing"
-        if (path / "DONE").is_file():
+        kind = "train" if isinstance(job, TrainJob) else "eval"
+        path = self.locate_train(job) if isinstance(job, TrainJob) else self.locate_eval(job)
+        if path is not None and (path / "DONE").is_file():
             return "done"
+        path = self._unfinished(kind).get(job.name)
+        if path is None:
+            return "missing"
         return "failed" if (path / "FAILED").is_file() else "unfinished"
 
     def metrics(self, job: EvalJob) -> pd.DataFrame | None:

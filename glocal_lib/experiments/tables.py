@@ -308,7 +308,8 @@ class TableBuilder:
                 pv = float(pub[col].iloc[0]) if len(pub) and str(pub[col].iloc[0]).strip() else np.nan
                 out.append(_row(aid, domain=self.reg.domain_of(ds), row="count", dataset=name, metric=m,
                                 reproduced=repro.get(m, np.nan), paper=pv,
-                                note="" if idx is not None else "no data index"))
+                                note="" if idx is not None else "missing: no data index; run notebook 00_data "
+                                "(glocal reproduce --only T5)"))
         return out
 
 

@@ -1,0 +1,66 @@
+"""The draw step: a copied results folder (no data, no cache) redraws every artifact byte-identically."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from glocal_lib.engine.runs import read_ledger
+from glocal_lib.experiments import provenance
+from glocal_lib.experiments.pipeline import open_reproduction
+from glocal_lib.experiments.reproduce import reproduce_cli
+
+
+class _FixedClock(datetime):
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+        return datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def _drawn(root: Path) -> dict[str, bytes]:
+    """Every drawn file (tables, figures, index), by path relative to the results folder."""
+    files = [p for d in ("tables", "figures") for p in sorted((root / d).rglob("*")) if p.is_file()]
+    return {str(p.relative_to(root)): p.read_bytes() for p in [*files, root / "index.html"]}
+
+
+def test_draw_from_a_copied_results_folder_is_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(provenance, "datetime", _FixedClock)  # "created" is the drawing time: fix it
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")  # matplotlib's PDF CreationDate
+    root = tmp_path / "made" / "smoke"
+    repro = open_reproduction(profile="smoke", datasets=["sdd"], methods=["CLIP"], results_root=str(root),
+                              data_root=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+    data = repro.prepare_data(["T1", "T5"])
+    repro.evaluate(["T1"])
+    repro.build_tables(["T5"], data=data)
+    # what the notebooks leave: every artifact drawn from these runs (figures, like tables, unfiltered)
+    open_reproduction(profile="smoke", results_root=str(root)).draw()
+    (eval_run,) = [e["run_id"] for k, e in read_ledger(root).items() if k[0] == "eval"]
+    assert eval_run.startswith("clip-sdd-")
+    made = _drawn(root)
+    assert "tables/T1.csv" in made and "tables/T5.csv" in made and "figures/F9.png" in made
+    assert eval_run.encode() in made["tables/T1.csv"]
+
+    copy = tmp_path / "elsewhere" / "smoke"
+    shutil.copytree(root, copy)
+    shutil.rmtree(tmp_path / "data")
+    shutil.rmtree(tmp_path / "cache")
+    for d in ("tables", "figures"):
+        shutil.rmtree(copy / d)
+    (copy / "index.html").unlink()
+    monkeypatch.setenv("GLOCAL_DATA_ROOT", str(tmp_path / "no-data"))
+    assert reproduce_cli(["--profile", "smoke", "--draw", "--results-root", str(copy)]) == 0
+    drawn = _drawn(copy)
+    assert sorted(drawn) == sorted(made)
+    different = [p for p in made if drawn[p] != made[p]]
+    assert not different, different
+    assert not (tmp_path / "no-data").exists() and not (tmp_path / "data").exists()
+
+
+def test_draw_refuses_a_folder_without_runs(tmp_path: Path) -> None:
+    from glocal_lib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no runs/ folder"):
+        reproduce_cli(["--profile", "smoke", "--draw", "--results-root", str(tmp_path / "empty")])
