@@ -64,3 +64,49 @@ def test_draw_refuses_a_folder_without_runs(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="no runs/ folder"):
         reproduce_cli(["--profile", "smoke", "--draw", "--results-root", str(tmp_path / "empty")])
+
+
+def _fake_run(root: Path, kind: str, run_id: str, name: str) -> Path:
+    import json
+
+    path = root / "runs" / kind / run_id
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"kind": kind, "name": name, "dataset": "visa"}))
+    return path
+
+
+def test_ledger_maps_each_job_to_its_latest_finished_run(tmp_path: Path) -> None:
+    from glocal_lib.engine.runs import ledger_dir, mark_done
+
+    old = _fake_run(tmp_path, "eval", "clip-visa-aaaaaaaaaaaa", "clip@visa")
+    new = _fake_run(tmp_path, "eval", "clip-visa-bbbbbbbbbbbb", "clip@visa")
+    gone = _fake_run(tmp_path, "eval", "coop-visa-cccccccccccc", "coop@visa")
+    for path in (old, new, gone):
+        mark_done(path)
+    shutil.rmtree(gone)  # a deleted run is not drawn from
+    assert sorted(p.name for p in ledger_dir(tmp_path).iterdir()) == [
+        "eval-clip-visa-aaaaaaaaaaaa.json", "eval-clip-visa-bbbbbbbbbbbb.json", "eval-coop-visa-cccccccccccc.json"]
+    ledger = read_ledger(tmp_path)
+    assert list(ledger) == [("eval", "clip@visa")]
+    assert ledger[("eval", "clip@visa")]["run_id"] == new.name
+    assert ledger[("eval", "clip@visa")]["dataset"] == "visa"
+
+
+def test_drawing_notebooks_refuse_missing_runs_naming_them_and_their_maker(tmp_path: Path) -> None:
+    from report_fakes import FakeProfile, FakeStore, populate
+
+    from glocal_lib.errors import RunError
+    from glocal_lib.experiments.pipeline import Reproduction
+    from glocal_lib.experiments.registry import load_registry
+
+    reg = load_registry(profile="smoke", datasets=["visa"])
+    store = FakeStore(FakeProfile("smoke", tmp_path))
+    skipped = next(j.name for j in reg.plan(["T7"]).eval_jobs)
+    populate(reg, store, ["T7"], skip={skipped})
+    repro = Reproduction(registry=reg, profile=store.profile, store=store)
+    with pytest.raises(RunError, match="01_train and 02_evaluate") as err:
+        repro.require_runs(["T7"])
+    assert f"eval {skipped} (missing)" in str(err.value) and "--only T7" in str(err.value)
+    populate(reg, store, ["T7"])
+    store.refresh()
+    repro.require_runs(["T7"])  # all there: no error

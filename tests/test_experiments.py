@@ -426,7 +426,7 @@ def test_reproduce_cli_list_and_errors(capsys: pytest.CaptureFixture[str]) -> No
     reg = load_registry(profile="smoke")
     assert select_notebooks(["F6"], reg) == ["00_data", "01_train", "02_evaluate", "04_prompt_umap",
                                              "06_tables_report"]
-    assert select_notebooks(["T3"], reg) == ["00_data", "03_ablations", "06_tables_report"]
+    assert select_notebooks(["T3"], reg) == ["00_data", "01_train", "02_evaluate", "03_ablations", "06_tables_report"]
     with pytest.raises(ConfigError):
         reproduce_cli(["--only", "T42", "--list"])
 

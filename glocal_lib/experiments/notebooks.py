@@ -59,9 +59,9 @@ NOTEBOOKS: dict[str, tuple[str, list[tuple[str, str]]]] = {
 tables = repro.build_tables(ids, data=data)'''),
         ("code", SHOW_TABLES),
     ]),
-    "01_train": ("Train every prompt run the main comparison, UMAP and figure artifacts need", [
-        ("markdown", "Ablation runs are trained in `03_ablations`. Finished runs are reused, unfinished ones resume."),
-        ("code", '''ids = repro.artifact_ids(only=only, exclude_notebooks=["03_ablations"])
+    "01_train": ("Train every prompt run the artifacts need (comparisons, ablations, UMAP, figures)", [
+        ("markdown", "Notebooks 03-06 only draw. Finished runs are reused, unfinished ones resume."),
+        ("code", '''ids = repro.artifact_ids(only=only)
 plan = repro.plan(ids)
 print(plan.summary())
 train_dirs = repro.train(ids)
@@ -69,15 +69,14 @@ print(f"{len(train_dirs)} train runs ready in {repro.timings.get('train', 0):.1f
         ("code", "repro.status(ids).query('kind == \"train\"')"),
     ]),
     "02_evaluate": ("Evaluate the trained (and zero-shot) models: one dataset (`datasets=[...]`) or all", [
-        ("code", '''ids = repro.artifact_ids(only=only, exclude_notebooks=["03_ablations"])
+        ("code", '''ids = repro.artifact_ids(only=only)
 eval_dirs = repro.evaluate(ids)
 print(f"{len(eval_dirs)} eval runs ready in {repro.timings.get('evaluate', 0):.1f} s")'''),
         ("code", "repro.status(ids).query('kind == \"eval\"')"),
     ]),
     "03_ablations": ("Ablations: T3, T4, T6-T10, TA, TX (paper text vs released code) and F5", [
         ("code", '''ids = repro.artifact_ids("03_ablations", only)
-print(repro.plan(ids).summary())
-repro.evaluate(ids)
+repro.require_runs(ids)  # made by 01_train / 02_evaluate: this notebook only draws
 tables = repro.build_tables(ids)
 figures = repro.build_figures(ids)'''),
         ("code", SHOW_TABLES),
@@ -85,19 +84,19 @@ figures = repro.build_figures(ids)'''),
     ]),
     "04_prompt_umap": ("UMAP of the four prompt embeddings across epochs (F6-F8)", [
         ("code", '''ids = repro.artifact_ids("04_prompt_umap", only)
-repro.train(ids)
+repro.require_runs(ids)
 figures = repro.build_figures(ids)'''),
         ("code", SHOW_FIGURES),
     ]),
     "05_maps_scores": ("Localization galleries (F3, F4, F12-F36) and score distributions (F9-F11)", [
         ("code", '''ids = repro.artifact_ids("05_maps_scores", only)
-repro.evaluate(ids)
+repro.require_runs(ids)
 figures = repro.build_figures(ids)'''),
         ("code", SHOW_FIGURES),
     ]),
     "06_tables_report": ("Main tables (T1, T2, TE) and the browsable results index", [
         ("code", '''ids = repro.artifact_ids("06_tables_report", only)
-repro.evaluate(ids)
+repro.require_runs(ids)
 tables = repro.build_tables(ids)'''),
         ("code", SHOW_TABLES),
         ("markdown", "## RC: check your setup — the released AnomalyCLIP checkpoints vs its logs\n\n"

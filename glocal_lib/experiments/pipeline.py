@@ -1,8 +1,8 @@
 """What a notebook calls: one object tying the registry, the engine profile and the run outputs together.
 
-Every notebook opens a `Reproduction` with its parameters, makes sure the runs its artifacts need
-exist (the engine returns finished runs at once, so this is cheap when an earlier notebook ran
-them), then draws. That keeps each notebook runnable on its own, with any parameters.
+Every notebook opens a `Reproduction` with its parameters. Notebooks 01/02 make the runs of every
+artifact (the engine returns finished runs at once); 03-06 only draw, from the run ledger and the run
+files, and refuse with the missing runs' names when one is not finished (`require_runs`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from glocal_lib.errors import RunError
 from glocal_lib.experiments import figures as figures_mod
 from glocal_lib.experiments import report as report_mod
 from glocal_lib.experiments import tables as tables_mod
@@ -107,6 +108,7 @@ class Reproduction:
         plan = self.plan(ids)
         t = time.perf_counter()
         out = [run_train(job.spec(), self.profile, progress=self.progress) for job in plan.train_jobs]
+        self.store.refresh()
         self.timings["train"] = self.timings.get("train", 0.0) + time.perf_counter() - t
         return out
 
@@ -118,6 +120,7 @@ class Reproduction:
         self.train(ids)
         t = time.perf_counter()
         out = [run_eval(job.spec(self.profile), self.profile, progress=self.progress) for job in plan.eval_jobs]
+        self.store.refresh()
         self.timings["evaluate"] = self.timings.get("evaluate", 0.0) + time.perf_counter() - t
         return out
 
@@ -129,6 +132,19 @@ class Reproduction:
         rows += [{"kind": "eval", "name": j.name, "done": self.store.eval_run(j) is not None,
                   "state": self.store.state(j)} for j in plan.eval_jobs]
         return pd.DataFrame(rows, columns=["kind", "name", "done", "state"])
+
+    def require_runs(self, ids: Sequence[str]) -> None:
+        """Refuse to draw when a run the artifacts need (under this invocation's filters) is not finished:
+        drawing never computes; the error names the runs and what makes them."""
+        plan = self.plan(ids)
+        missing = [f"{kind} {job.name} ({self.store.state(job)})"
+                   for kind, jobs in (("train", plan.train_jobs), ("eval", plan.eval_jobs))
+                   for job in jobs if self.store.state(job) != "done"]
+        if missing:
+            shown = "; ".join(missing[:6]) + (f"; ... (+{len(missing) - 6} more)" if len(missing) > 6 else "")
+            raise RunError(f"{len(missing)} run(s) that {', '.join(ids)} draw from are not finished in "
+                           f"{self.root}: {shown}. Notebooks 01_train and 02_evaluate make them "
+                           f"(glocal reproduce --profile {self.profile.name} --only {','.join(ids)})")
 
     # --- drawing (from the results folder only: the run ledger, run files and recorded data indexes)
     def record_data_indexes(self, data: dict[str, Any]) -> list[Path]:

@@ -31,8 +31,6 @@ from glocal_lib.io import atomic_write_json, atomic_write_text
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 REPO_NOTEBOOKS = PACKAGE_PARENT / "notebooks"
-# notebooks that run their artifacts' jobs themselves; 01/02 run the jobs of every other notebook
-DRAWS_ITS_OWN = {"03_ablations"}
 
 
 class NotebookFailed(GlocalError):
@@ -54,7 +52,7 @@ def select_notebooks(only: Sequence[str] | None, registry: Any) -> list[str]:
         return list(NOTEBOOK_ORDER)
     ids = registry.expand_ids(only)
     owners = {registry.artifact(a).get("notebook") for a in ids}
-    needs_runs = any(registry.artifact(a).get("notebook") not in DRAWS_ITS_OWN | {"00_data"} for a in ids)
+    needs_runs = any(registry.artifact(a).get("notebook") != "00_data" for a in ids)  # 01/02 make every run
     wanted = {"00_data", "06_tables_report"} | owners
     if needs_runs:
         wanted |= {"01_train", "02_evaluate"}

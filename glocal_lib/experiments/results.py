@@ -41,6 +41,10 @@ class ResultStore:
         self.selection_metrics = selection_metrics or ["image_auroc", "image_ap", "pixel_auroc", "aupro_cflow"]
         self._cache: dict[Any, Any] = {}
 
+    def refresh(self) -> None:
+        """Forget what was read (after runs were made in this process: the ledger has grown)."""
+        self._cache.clear()
+
     # --- where runs live (the run ledger: no data, no weights, no hashing)
     @property
     def root(self) -> Path:
