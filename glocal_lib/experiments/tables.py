@@ -32,7 +32,10 @@ METRIC_LABELS = {
 }
 LONG_COLUMNS = ["artifact", "section", "domain", "row", "dataset", "category", "metric", "reproduced",
                 "paper", "diff", "selected_lambda", "lambda_selected_on_test", "run_ids", "note"]
-LEGEND = "each cell: reproduced / published (reproduced − published); — = no value"
+LEGEND = ("each cell: reproduced / published (reproduced − published); — = no value (not reproduced or not "
+          "published); missing = its run is not made yet (`glocal reproduce --only <ID>` makes it); undefined = "
+          "its run finished but the metric has no value there (e.g. a test set with one label only)")
+MISSING_NOTE = "not run yet"
 MARK = "†"
 # artifact kinds drawn as tables (released_checkpoint = RC, built by experiments.verify)
 TABLE_KINDS = frozenset({"comparison_table", "ablation_table", "per_category_table", "released_vs_paper",
@@ -161,7 +164,7 @@ class TableBuilder:
                                     reproduced=rv, paper=pv, selected_lambda=_lam(res),
                                     lambda_selected_on_test=res.select_on_test,
                                     run_ids=" ".join(res.run_ids),
-                                    note="not run yet" if res.missing and entry.get("reproduced", True) else ""))
+                                    note=MISSING_NOTE if res.missing and entry.get("reproduced", True) else ""))
             for m in self.metrics:
                 level, pm = self._paper_metric(m)
                 pv = lookup(paper, table=paper_cfg["table"], domain=domain, dataset="Mean", method=method,
@@ -338,20 +341,32 @@ def _paper_notes(art: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- rendering
-def _fmt_num(v: float, digits: int = 1) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+def _fmt_num(v: float, digits: int = 1, sign: str = "") -> str:
+    """Fixed digits, never '-0.0' (a value that rounds to zero prints as 0.0 / +0.0)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{round(float(v), digits) + 0.0:{sign}.{digits}f}"
+
+
+def _reproduced_text(r: pd.Series, digits: int) -> str:
+    """The reproduced value, or why there is none: its run is missing, or the metric is undefined."""
+    if not pd.isna(r["reproduced"]):
+        return _fmt_num(r["reproduced"], digits)
+    if r.get("note") == MISSING_NOTE:
+        return "missing"
+    return "undefined" if str(r.get("run_ids") or "").strip() else "—"
 
 
 def cell_text(r: pd.Series, digits: int = 1) -> str:
     """'71.2† / 83.3 (-12.1)': reproduced (mark = lambda picked on test) / published (difference)."""
     if r.get("note") == DIFF_NOTE:
-        return "—" if pd.isna(r["reproduced"]) else f"{r['reproduced']:+.{digits}f}"
+        return "—" if pd.isna(r["reproduced"]) else _fmt_num(r["reproduced"], digits, "+")
     mark = MARK if bool(r.get("lambda_selected_on_test")) and not pd.isna(r["reproduced"]) else ""
     if mark and not pd.isna(r.get("selected_lambda")):
         mark += f"λ={r['selected_lambda']:g}"
-    text = f"{_fmt_num(r['reproduced'], digits)}{mark} / {_fmt_num(r['paper'], digits)}"
+    text = f"{_reproduced_text(r, digits)}{mark} / {_fmt_num(r['paper'], digits)}"
     if not pd.isna(r["diff"]):
-        text += f" ({r['diff']:+.{digits}f})"
+        text += f" ({_fmt_num(r['diff'], digits, '+')})"
     return text
 
 
@@ -404,7 +419,10 @@ def to_markdown(table: Table) -> str:
 
 def to_csv(table: Table) -> str:
     header = "".join(f"# {line}\n" for line in prov_mod.lines(table.provenance))
-    return header + table.data.to_csv(index=False, float_format="%.4f")
+    data = table.data.copy()
+    nums = data.select_dtypes("number").columns
+    data[nums] = data[nums].round(4) + 0.0  # no "-0.0000" for a value that rounds to zero
+    return header + data.to_csv(index=False, float_format="%.4f")
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
