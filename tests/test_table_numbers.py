@@ -38,3 +38,23 @@ def test_csv_has_no_negative_zero() -> None:
                           "created": "now", "run_ids": [], "aupro": "a", "published_values": [], "notes": []})
     text = tables.to_csv(table)
     assert "-0.0000" not in text and ",0.0000," in text
+
+
+def test_lambda_selection_skips_undefined_metrics() -> None:
+    """Candidate B has the higher mean over its defined metrics; counting its NaN as 0 would pick A."""
+    from glocal_lib.experiments.registry import Candidate, Cell, EvalJob
+    from glocal_lib.experiments.results import ResultStore
+
+    a, b = (Candidate(lam, EvalJob(dataset="visa", preset=f"p{lam}")) for lam in (0.1, 1.0))
+    values = {a.job: {"image_auroc": 0.80, "pixel_auroc": 0.80},
+              b.job: {"image_auroc": 0.90, "pixel_auroc": float("nan")}}
+
+    class Store(ResultStore):
+        def dataset_values(self, job: EvalJob) -> dict[str, float] | None:
+            return values[job]
+
+    store = Store(profile=None, selection_metrics=["image_auroc", "pixel_auroc"])
+    cell = Cell("GlocalCLIP", "industrial", "mvtec", "visa", (a, b), select_on_test=True)
+    expected = max((a, b), key=lambda c: np.nanmean(list(values[c.job].values())))
+    assert store.select(cell, store._finished(cell))[0] is expected is b
+    assert store.best_job(cell) is b.job

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from glocal_lib.experiments.registry import Cell, EvalJob, TrainJob
+from glocal_lib.experiments.registry import Candidate, Cell, EvalJob, TrainJob
 
 DATA_INDEX_DIR = "datasets"
 
@@ -137,21 +137,29 @@ class ResultStore:
         return {str(m): float(v) for m, v in zip(rows["metric"], rows["value"])}
 
     def selection_score(self, values: dict[str, float]) -> float:
+        """Mean of the selection metrics that are defined (NaN ones are skipped, not counted as 0)."""
         vals = [values[m] for m in self.selection_metrics if m in values and not math.isnan(values[m])]
         return sum(vals) / len(vals) if vals else float("-inf")
 
+    def _finished(self, cell: Cell) -> list[tuple[Candidate, dict[str, float]]]:
+        found = [(c, self.dataset_values(c.job)) for c in cell.candidates]
+        return [(c, v) for c, v in found if v is not None]
+
+    def select(self, cell: Cell, found: list[tuple[Candidate, dict[str, float]]]) -> tuple[Candidate, dict[str, float]]:
+        """The one place a lambda is picked on the test set (as the released script did): the finished
+        candidate with the best mean selection metric; without selection, the cell's only run."""
+        if cell.select_on_test:
+            return max(found, key=lambda cv: self.selection_score(cv[1]))
+        return found[0]
+
     def cell(self, cell: Cell, per_category: bool = False) -> CellResult:
         """Values of one cell; with several candidates, the best lambda on this dataset's test set."""
-        found = []
-        for cand in cell.candidates:
-            vals = self.dataset_values(cand.job)
-            if vals is not None:
-                found.append((cand, vals))
+        found = self._finished(cell)
         if not cell.candidates:
             return CellResult(missing=True)
         if not found or len(found) < len(cell.candidates):
             return CellResult(missing=True, run_ids=[self.eval_run(c.job).run_id for c, _ in found])
-        best, vals = max(found, key=lambda cv: self.selection_score(cv[1])) if cell.select_on_test else found[0]
+        best, vals = self.select(cell, found)
         result = CellResult(values=vals, selected_lambda=best.lam, select_on_test=cell.select_on_test)
         run = self.eval_run(best.job)
         result.run_ids = [run.run_id]
@@ -166,13 +174,8 @@ class ResultStore:
 
     def best_job(self, cell: Cell) -> EvalJob | None:
         """The eval job a figure should draw for a cell (the selected lambda's run), if finished."""
-        found = [(c, self.dataset_values(c.job)) for c in cell.candidates]
-        found = [(c, v) for c, v in found if v is not None]
-        if not found:
-            return None
-        if cell.select_on_test:
-            return max(found, key=lambda cv: self.selection_score(cv[1]))[0].job
-        return found[0][0].job
+        found = self._finished(cell)
+        return self.select(cell, found)[0].job if found else None
 
     def commit_of(self, run_ids: list[str]) -> str:
         """The git commit recorded by the runs (env.json), for provenance."""

@@ -36,6 +36,7 @@ LEGEND = ("each cell: reproduced / published (reproduced − published); — = n
           "published); missing = its run is not made yet (`glocal reproduce --only <ID>` makes it); undefined = "
           "its run finished but the metric has no value there (e.g. a test set with one label only)")
 MISSING_NOTE = "not run yet"
+SELECTION_NAN_NOTE = "a selection metric undefined on a run (NaN) is left out of its mean, not counted"
 MARK = "†"
 # artifact kinds drawn as tables (released_checkpoint = RC, built by experiments.verify)
 TABLE_KINDS = frozenset({"comparison_table", "ablation_table", "per_category_table", "released_vs_paper",
@@ -174,7 +175,7 @@ class TableBuilder:
                                 reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv,
                                 note=f"mean over {len(vals)} datasets"))
             if entry.get("lambda") == "select" and self.reg.glocal_preset == "glocalclip-released":
-                self._notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells)")
+                self._notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
         self._notes += self.reg.method_notes(self.reg.methods_of(art))
         return out
 
@@ -288,7 +289,7 @@ class TableBuilder:
                                         **common))
         self._notes.append(f"published column = {pcfg['method']} in {pcfg['file']} ({pcfg['table']}), "
                            "the released script's best-lambda-on-test numbers")
-        self._notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells)")
+        self._notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
         return out
 
     # --- T5
