@@ -112,16 +112,21 @@ def check_index_frame(df: pd.DataFrame, where: str) -> None:
                                 "must stay inside it. Rebuild the index with `glocal data index`.")
 
 
+def read_string_csv(path: Path, what: str, expected: str) -> pd.DataFrame:
+    """A CSV read with every cell a string (BTAD's '01' stays '01'), or a DataError saying what was expected."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{what} is not a readable CSV ({str(err).strip().splitlines()[0]}); {expected}") from None
+
+
 def read_index(path: PathLike) -> pd.DataFrame:
     """Read an index written by write_index (strings stay strings: BTAD's '01' is not 1)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"index file not found: {path}; create it with `glocal data index <dataset> --root PATH`.")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"index {path} is not a readable CSV ({str(err).strip().splitlines()[0]}); expected the "
-                        f"columns {', '.join(INDEX_COLUMNS)}. Rebuild it with `glocal data index`.") from None
+    df = read_string_csv(path, f"index {path}", f"expected the columns {', '.join(INDEX_COLUMNS)}. "
+                         "Rebuild it with `glocal data index`.")
     if "label" in df.columns:
         labels = pd.to_numeric(df["label"].str.strip(), errors="coerce")
         if not labels.isin([0, 1]).all():

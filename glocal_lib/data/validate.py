@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from glocal_lib.data.converters import convert, suggest_root
-from glocal_lib.data.index import check_index_frame, is_absolute
+from glocal_lib.data.index import check_index_frame, is_absolute, read_string_csv
 from glocal_lib.data.issues import ERROR, WARNING, Issue, error, format_issues, issues_frame, warning
 from glocal_lib.data.registry import Manifest, load_manifest
 from glocal_lib.errors import DataError
@@ -186,11 +186,8 @@ def read_expected(path: PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"expected-counts file not found: {path}")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path} is not a readable CSV ({str(err).strip().splitlines()[0]}); expected the header "
-                        f"{','.join(EXPECTED_COLUMNS)} and one row per category.") from None
+    df = read_string_csv(path, str(path), f"expected the header {','.join(EXPECTED_COLUMNS)} and one row per "
+                         "category.")
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in EXPECTED_COLUMNS if c not in df.columns]
     if missing:
