@@ -10,10 +10,13 @@ setting never needs code.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from .checks import check_types, coerce_numbers
 from .errors import ConfigError
@@ -31,10 +34,101 @@ SCALE_FUSIONS = ("harmonic", "mean")
 
 PRESETS_FILE = Path(__file__).parent / "presets" / "methods.yaml"
 
+# ---- the method registry -------------------------------------------------------------------------
+# One config class per method family, found by the ``method`` field of a preset, a run or a checkpoint.
+# The class names its detector (``"module:Class"``, imported only when a model is built, so reading
+# configs never imports torch code); glocal_lib.model.build_model builds it.
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {}
 
+C = TypeVar("C", bound=type)
+
+
+def register_config(*methods: str) -> Callable[[C], C]:
+    """Class decorator: this frozen dataclass is the config of ``methods`` (its ``method`` values)."""
+
+    def deco(cls: C) -> C:
+        for m in methods:
+            if m in METHOD_CONFIGS and METHOD_CONFIGS[m] is not cls:
+                raise ValueError(f"method {m!r} is already registered to {METHOD_CONFIGS[m].__name__}")
+            METHOD_CONFIGS[m] = cls
+        return cls
+
+    return deco
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(METHOD_CONFIGS)
+
+
+def config_class(method: str) -> type[MethodConfig]:
+    if method not in METHOD_CONFIGS:
+        raise ConfigError(f"unknown method {method!r}; known methods: {sorted(METHOD_CONFIGS)}")
+    return METHOD_CONFIGS[method]
+
+
+def config_from_dict(d: dict[str, Any]) -> Any:
+    """The config a saved mapping describes, as its method's class (``method`` absent: glocalclip)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a model config must be a mapping, got {type(d).__name__}")
+    return config_class(str(d.get("method", "glocalclip"))).from_dict(d)
+
+
+def detector_class(cfg: Any) -> type:
+    """The detector class a config's method names (imported on first use)."""
+    module, _, name = type(cfg).detector.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class MethodConfig:
+    """Base of every method's config: a frozen dataclass, JSON-able through ``to_dict`` (run hashes,
+    checkpoints) and rebuilt by ``from_dict`` with types checked (values come from YAML and the CLI).
+
+    A subclass is a ``@dataclass(frozen=True)`` with at least ``method``, ``precision`` and ``sigma``
+    (what the engine reads), decorated with ``@register_config(<method names>)``, and sets
+    ``detector = "module:Class"``.
+    """
+
+    detector: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        check_types(self, f"{self.method} config")
+        _check_choice("precision", self.precision, PRECISIONS)
+
+    def replace(self, **changes: Any) -> Any:
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} option(s) {unknown}; known options: {sorted(known)}")
+        kw = coerce_numbers(cls, d)
+        hints = typing.get_type_hints(cls)
+        for k, v in kw.items():
+            if isinstance(v, list) and _is_tuple_type(hints.get(k)):
+                kw[k] = tuple(v)
+        return cls(**kw)  # __post_init__ checks every field's type
+
+
+def _is_tuple_type(tp: Any) -> bool:
+    return typing.get_origin(tp) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(tp))
+
+
+@register_config(*METHODS)
 @dataclass(frozen=True)
-class ModelConfig:
-    """All method switches. JSON-able through ``to_dict`` (used in run hashes and checkpoints)."""
+class ModelConfig(MethodConfig):
+    """All switches of GlocalCLIP and the baselines it shares a detector with. JSON-able through
+    ``to_dict`` (used in run hashes and checkpoints)."""
+
+    detector: ClassVar[str] = "glocal_lib.model.detector:GlocalDetector"
 
     method: str = "glocalclip"  # glocalclip | anomalyclip | coop | clip (fixed templates) | winclip
 
@@ -128,30 +222,6 @@ class ModelConfig:
     def num_prompts(self) -> int:
         return 4 if (self.method == "glocalclip" and self.glocal) else 2
 
-    def replace(self, **changes: Any) -> ModelConfig:
-        return ModelConfig.from_dict({**self.to_dict(), **changes})
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown ModelConfig option(s) {unknown}; known options: {sorted(known)}"
-            )
-        kw = coerce_numbers(cls, d)
-        for k in ("fixed_templates", "feature_layers", "window_scales"):
-            if isinstance(kw.get(k), list):
-                kw[k] = tuple(kw[k])
-        return cls(**kw)  # __post_init__ checks every field's type
-
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
@@ -180,8 +250,8 @@ def preset_info(name: str, path: str | Path = PRESETS_FILE) -> dict[str, Any]:
 
 def load_preset(
     name: str, variant: str | None = None, *, path: str | Path = PRESETS_FILE, **overrides: Any
-) -> ModelConfig:
-    """Build a ModelConfig from a preset, an optional named variant and field overrides.
+) -> Any:
+    """Build a method config (ModelConfig for glocalclip/anomalyclip/coop/clip/winclip) from a preset, an optional named variant and field overrides.
 
     ``variant`` picks one of the preset's ``variants`` (for ``glocalclip-released``: the training
     set, e.g. "mvtec"; for ``glocalclip-paper``: the evaluation set). A preset without the requested
@@ -199,7 +269,7 @@ def load_preset(
             )
         values.update(variants[variant] or {})
     values.update(overrides)
-    return ModelConfig.from_dict(values)
+    return config_from_dict(values)
 
 
 def variant_for(name: str, train_dataset: str | None = None, eval_dataset: str | None = None,
@@ -213,7 +283,7 @@ def variant_for(name: str, train_dataset: str | None = None, eval_dataset: str |
 
 
 def load_preset_for(name: str, train_dataset: str | None = None, eval_dataset: str | None = None, *,
-                    path: str | Path = PRESETS_FILE, **overrides: Any) -> ModelConfig:
+                    path: str | Path = PRESETS_FILE, **overrides: Any) -> Any:
     """load_preset with the variant the preset defines for this (train, eval) pair, if any.
 
     For ``glocalclip-released`` the variant follows the training set; for ``glocalclip-paper`` it

@@ -53,9 +53,10 @@ def method_profile(profile: Profile, preset: str | None) -> Profile:
 
 
 def config_from_dict(d: dict[str, Any]) -> Any:
-    from glocal_lib.config import ModelConfig
+    """The method config a run recorded (its method's config class)."""
+    from glocal_lib.config import config_from_dict as from_dict
 
-    return ModelConfig.from_dict(d)
+    return from_dict(d)
 
 
 def build_detector(cfg: Any, profile: Profile, *, seed: int, checkpoint: str | Path | None = None) -> Any:

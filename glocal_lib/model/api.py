@@ -1,11 +1,28 @@
-"""``build_model``: the one entry point that turns (config, backbone, weights, checkpoint) into a model."""
+"""``build_model``: the one entry point that turns (config, backbone, weights, checkpoint) into a model.
+
+The Model API, what the engine relies on (every method's detector implements it; the engine never
+asks which method it runs):
+
+- built as ``Detector(clip, cfg, backbone=, weights=, image_size=, seed=, backbone_seed=)`` on a
+  frozen open_clip CLIP; its config class (``glocal_lib.config.register_config``) names it;
+- attributes ``cfg``, ``clip``, ``backbone_name``, ``weights``, ``seed``, ``backbone_seed``,
+  ``image_size``, ``prompt_names``; ``prompts``: an ``nn.Module`` holding every trained tensor
+  except ``deep`` (None or a module), which is what our checkpoints store;
+- ``encode_image(images) -> VisionFeatures`` (the batch the feature cache stores),
+  ``vision_signature()`` (what determines it: the cache key), ``predict(feats_or_images, sigma=,
+  class_names=) -> Prediction``, ``compute_losses(feats, labels, masks, class_names=)`` (a dict with
+  ``total``), ``prompt_parameters()``, ``text_embeddings()`` (logged per epoch for the UMAP figure),
+  ``autocast()``, and ``train(mode)`` that keeps the frozen tower in eval mode.
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from ..config import ModelConfig, load_preset
+from torch import nn
+
+from ..config import MethodConfig, config_from_dict, detector_class, load_preset
 from ..errors import ConfigError, WeightsError
 from .backbone import load_clip, load_clip_shared
 from .checkpoint import (
@@ -17,7 +34,6 @@ from .checkpoint import (
     load_torch_file,
     official_flavour,
 )
-from .detector import GlocalDetector
 
 OFFICIAL_PRESETS = {"glocalclip": "glocalclip-released", "anomalyclip": "anomalyclip"}
 # fields that change how a trained model is evaluated, not what its checkpoint holds
@@ -25,7 +41,7 @@ INFERENCE_ONLY_FIELDS = ("precision", "sigma", "map_reduction")
 
 
 def build_model(
-    cfg: ModelConfig | str | None = None,
+    cfg: MethodConfig | str | None = None,
     backbone: str | None = None,
     weights: str | os.PathLike[str] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -37,10 +53,10 @@ def build_model(
     allow_download: bool = False,
     allow_other_backbone: bool = False,
     share_backbone: bool = False,
-) -> GlocalDetector:
-    """Build a GlocalDetector.
+) -> nn.Module:
+    """Build the detector of ``cfg``'s method (GlocalDetector for the methods of ModelConfig).
 
-    cfg: a ModelConfig, a preset name, or None (taken from the checkpoint; else the
+    cfg: a method config, a preset name, or None (taken from the checkpoint; else the
         ``glocalclip-released`` preset).
     backbone / weights: see ``backbone.load_clip`` (weights None = random init seeded with ``seed``).
     checkpoint: our checkpoint (carries config, backbone, weights hint and image size: enough on its
@@ -68,7 +84,7 @@ def build_model(
                               "{'prompt_learner': ...} file")
     if kind == "ours":
         try:
-            saved = ModelConfig.from_dict(ckpt["config"])
+            saved = config_from_dict(ckpt["config"])
         except ConfigError as exc:
             raise ConfigError(f"{checkpoint}: its saved config is not valid for this version: {exc}") from exc
         if cfg is not None:
@@ -98,7 +114,7 @@ def build_model(
     loader = load_clip_shared if share_backbone else load_clip
     clip = loader(backbone, weights, device=device, seed=backbone_seed, weights_dir=weights_dir,
                   allow_download=allow_download)
-    model = GlocalDetector(clip, cfg, backbone=backbone, image_size=image_size, seed=seed,
+    model = detector_class(cfg)(clip, cfg, backbone=backbone, image_size=image_size, seed=seed,
                            backbone_seed=backbone_seed, weights=None if weights is None else str(weights))
     if kind == "ours":
         load_prompt_state(model, ckpt, str(checkpoint))
