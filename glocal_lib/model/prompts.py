@@ -121,11 +121,13 @@ class LearnedPrompts(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig, width: int, context_length: int = 77,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, layouts: Sequence[PromptLayout] | None = None) -> None:
+        """``layouts`` None: ``glocal_layouts(cfg)``; another method passes its own (``cfg`` then only
+        needs ``ctx_init_std`` and ``class_name``)."""
         super().__init__()
         self.cfg = cfg
         self.context_length = context_length
-        self.layouts = glocal_layouts(cfg)
+        self.layouts = list(layouts) if layouts is not None else glocal_layouts(cfg)
         lengths: dict[str, int] = {}
         for lay in self.layouts:
             for pname, _, stop in lay.slots:

@@ -87,6 +87,7 @@ class DualPathVisionEncoder(nn.Module):
         alias_final_layer: bool = True,
         image_size: int | None = None,
         fused_attention: bool = False,
+        global_source: str = "original",
     ) -> None:
         super().__init__()
         _check_supported(visual)
@@ -101,6 +102,11 @@ class DualPathVisionEncoder(nn.Module):
             )
         if attention not in ATTENTION_VARIANTS:
             raise ConfigError(f"attention '{attention}' must be one of {sorted(ATTENTION_VARIANTS)}")
+        if global_source not in ("original", "vv"):
+            raise ConfigError(f"global_source '{global_source}' must be 'original' or 'vv'")
+        # original: the original stream's CLS (ln_post only with global_ln_post); vv: the final V-V
+        # stream's CLS after ln_post (KAnoCLIP's literal reading, "S_l[0]" of the local-aware stream)
+        self.global_source = global_source
         self.vv_start_layer = vv_start_layer
         self.attention = attention
         self.global_ln_post = global_ln_post
@@ -180,9 +186,12 @@ class DualPathVisionEncoder(nn.Module):
         projected = self.visual.ln_post(torch.stack(distinct, dim=1)[:, :, 1:]) @ self.visual.proj
         slot = [next(i for i, d in enumerate(distinct) if t is d) for t in sources]
         patch = projected if slot == list(range(len(sources))) else projected[:, slot]
-        cls = o[:, 0]
-        if self.global_ln_post:
-            cls = self.visual.ln_post(cls)
+        if self.global_source == "vv":
+            cls = self.visual.ln_post(final_v[:, 0])
+        else:
+            cls = o[:, 0]
+            if self.global_ln_post:
+                cls = self.visual.ln_post(cls)
         return cls @ self.visual.proj, patch
 
 
