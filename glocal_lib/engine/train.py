@@ -86,9 +86,18 @@ def _config(spec: TrainSpec, profile: Profile) -> Any:
     return model_config(spec.preset, spec.overrides, variant, precision=profile.precision)
 
 
+def training_inputs(cfg: Any, profile: Profile, data: DataInfo) -> dict[str, Any]:
+    """Files besides the data that a method's training reads ({name: {"path", "sha256"}}, e.g.
+    KAnoCLIP's knowledge file), from the config's optional ``training_inputs`` hook."""
+    hook = getattr(cfg, "training_inputs", None)
+    return hook(profile, data) if callable(hook) else {}
+
+
 def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo) -> dict[str, Any]:
     """Everything that changes the trained prompts (not device, paths or worker counts)."""
     spec = spec.resolved(profile)
+    inputs = training_inputs(cfg, profile, data)
+    extra = {"inputs": {k: v["sha256"] for k, v in inputs.items()}} if inputs else {}
     return {
         "kind": "train",
         "profile": profile.name,
@@ -109,6 +118,7 @@ def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo) 
         "precision": profile.precision,
         "features": f"cache-{profile.cache_dtype}" if spec.use_cache else "live",
         "attention_kernel": "fused" if profile.fused_attention else "exact",
+        **extra,
     }
 
 
@@ -250,6 +260,9 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
 
     t0 = time.perf_counter()
     model = build_detector(cfg, profile, seed=spec.seed)
+    prepare = getattr(model, "prepare_training", None)
+    if callable(prepare):  # e.g. KAnoCLIP encodes and checks its knowledge against this index
+        prepare(data.key, data.index, training_inputs(cfg, profile, data))
     timing = _read_timing(run_dir)
     timing["model_build_s"] = round(time.perf_counter() - t0, 4)
     params = list(model.prompt_parameters())
@@ -286,6 +299,7 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
     timing["features_s"] = round(time.perf_counter() - t0, 4)  # cache build (or open) time
     n = len(source)
     categories = data.index["category"].to_numpy()
+    keys = data.index["image_path"].astype(str).to_numpy() if getattr(model, "uses_image_keys", False) else None
     epochs = tqdm(range(start_epoch, spec.epochs + 1), desc=f"train {run_dir.name}", disable=not progress,
                   initial=start_epoch - 1, total=spec.epochs)
     for epoch in epochs:
@@ -294,7 +308,8 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
         batches = tqdm(source.iter_batches(perm, spec.batch_size, profile.device), leave=False,
                        total=-(-n // spec.batch_size), desc=f"epoch {epoch}", disable=not progress)
         for chunk, feats, labels, masks in batches:
-            losses = model.compute_losses(feats, labels, masks, class_names=list(categories[chunk]))
+            extra = {} if keys is None else {"image_keys": list(keys[chunk])}
+            losses = model.compute_losses(feats, labels, masks, class_names=list(categories[chunk]), **extra)
             if not torch.isfinite(losses["total"].detach()).all():
                 raise _non_finite(run_dir, epoch, step + 1, losses, spec, profile)
             optimizer.zero_grad(set_to_none=True)

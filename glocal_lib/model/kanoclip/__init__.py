@@ -32,8 +32,8 @@ What we chose ([ours] in spec/kanoclip.md, each a KAnoCLIPConfig field, default 
 Ablation switches for Table 3: dual_path, use_bica, use_adapter, kd_weight.
 """
 
+from ...kanoclip_config import KAnoCLIPConfig
 from .bica import BiCA, ConvAdapter, DeformableSelfAttention
-from .config import KAnoCLIPConfig
 from .detector import KAnoCLIPDetector, kd_hinge
 from .knowledge import (
     Knowledge,

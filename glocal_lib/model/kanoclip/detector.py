@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError
+from ...kanoclip_config import KAnoCLIPConfig
 from .. import scoring
 from ..backbone import default_feature_layers, default_vv_start_layer, resolve_feature_layers
 from ..detector import Prediction, VisionFeatures, autocast
@@ -26,8 +28,15 @@ from ..prompts import LearnedPrompts, PromptLayout
 from ..text import encode_prompts
 from ..vision import DualPathVisionEncoder
 from .bica import BiCA, ConvAdapter
-from .config import KAnoCLIPConfig
-from .knowledge import Knowledge, KnowledgeEmbeddings, check_coverage, knowledge_embeddings
+from .knowledge import (
+    Knowledge,
+    KnowledgeEmbeddings,
+    KnowledgeError,
+    check_coverage,
+    knowledge_embeddings,
+    read_knowledge,
+    template_knowledge,
+)
 
 PLACEHOLDER = "X"  # one BPE token standing in for each learnable vector [ours: CoOp/AnomalyCLIP]
 
@@ -47,6 +56,15 @@ def kd_hinge(knowledge: torch.Tensor, normal: torch.Tensor, anomaly: torch.Tenso
 
     k = unit(knowledge)
     return F.relu((k - unit(anomaly)).norm(dim=-1) - (k - unit(normal)).norm(dim=-1))
+
+
+class KAnoCLIPTrainables(nn.Module):
+    """Every trained tensor (what our checkpoints store as ``prompts``): the prompt vectors N and A
+    (``text``), the BiCA block of each stage (``bica``, None without Bi-CMCI) and the Conv-Adapter."""
+
+    def __init__(self, text: LearnedPrompts, bica: nn.ModuleList | None, adapter: ConvAdapter | None) -> None:
+        super().__init__()
+        self.text, self.bica, self.adapter = text, bica, adapter
 
 
 class KAnoCLIPDetector(nn.Module):
@@ -73,16 +91,17 @@ class KAnoCLIPDetector(nn.Module):
         width = int(clip.ln_final.weight.shape[0])
         dim = self.vision.output_dim
         gen = torch.Generator().manual_seed(int(seed))
-        self.prompts = LearnedPrompts(cfg, width, int(clip.positional_embedding.shape[0]), gen,
-                                      layouts=kanoclip_layouts(cfg))
+        text = LearnedPrompts(cfg, width, int(clip.positional_embedding.shape[0]), gen, layouts=kanoclip_layouts(cfg))
         with torch.random.fork_rng(devices=[]):  # the heads' default inits, seeded by the run seed
             torch.manual_seed(int(seed))
-            self.bica = nn.ModuleList(
+            bica = nn.ModuleList(
                 BiCA(dim, cfg.bica_heads, cfg.bica_dim, cfg.visual_self_attention, cfg.dsa_groups, cfg.dsa_stride,
                      cfg.dsa_kernel, cfg.dsa_offset_range, cfg.temperature)
                 for _ in self.vision.feature_layers) if cfg.use_bica else None
             bottleneck = cfg.adapter_dim if cfg.adapter_dim is not None else max(dim // 4, 1)
-            self.adapter = ConvAdapter(dim, bottleneck, cfg.adapter_residual) if cfg.use_adapter else None
+            adapter = ConvAdapter(dim, bottleneck, cfg.adapter_residual) if cfg.use_adapter else None
+        self.prompts = KAnoCLIPTrainables(text, bica, adapter)
+        self.deep = None  # no deep text prompts (spec 3)
         self.knowledge: KnowledgeEmbeddings | None = None
         self._kvec: dict[tuple[str, str], torch.Tensor | None] = {}
         self.to(next(clip.parameters()).device)
@@ -105,6 +124,18 @@ class KAnoCLIPDetector(nn.Module):
         return ("normal", "anomaly")
 
     @property
+    def text_prompts(self) -> LearnedPrompts:
+        return self.prompts.text
+
+    @property
+    def bica(self) -> nn.ModuleList | None:
+        return self.prompts.bica
+
+    @property
+    def adapter(self) -> ConvAdapter | None:
+        return self.prompts.adapter
+
+    @property
     def device(self) -> torch.device:
         return next(self.clip.parameters()).device
 
@@ -115,11 +146,7 @@ class KAnoCLIPDetector(nn.Module):
 
     def prompt_parameters(self) -> list[nn.Parameter]:
         """Every trainable parameter: N, A, then the BiCA blocks and the Conv-Adapter (spec 7)."""
-        params = list(self.prompts.parameters())
-        for module in (self.bica, self.adapter):
-            if module is not None:
-                params += list(module.parameters())
-        return params
+        return list(self.prompts.parameters())
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.cfg.precision)
@@ -151,7 +178,7 @@ class KAnoCLIPDetector(nn.Module):
     def text_features(self, class_name: str | None = None) -> torch.Tensor:
         """(w^n, w^a) (2, D): raw means over the adjectives of the prompt features (Eq. 1-3's "features")."""
         with self.autocast():
-            emb, ids = self.prompts(self.clip.token_embedding, self._class_text(class_name))
+            emb, ids = self.text_prompts(self.clip.token_embedding, self._class_text(class_name))
             feats = encode_prompts(self.clip, emb, ids, None).float()
         n = len(self.cfg.normal_adjectives)
         return torch.stack([feats[:n].mean(0), feats[n:].mean(0)])
@@ -234,6 +261,31 @@ class KAnoCLIPDetector(nn.Module):
         return Prediction(self._score(p_a, maps), maps, layer_maps)
 
     # ---- knowledge --------------------------------------------------------------------------
+    @property
+    def uses_image_keys(self) -> bool:
+        """The engine passes each image's index path to compute_losses (its VQA knowledge)."""
+        return self.cfg.uses_knowledge
+
+    def prepare_training(self, dataset: str, index: pd.DataFrame, inputs: dict[str, Any]) -> dict[str, int]:
+        """Attach the knowledge a training run uses (engine hook; nothing to do with kd_weight 0).
+
+        ``inputs`` is ``KAnoCLIPConfig.training_inputs``' result: the knowledge file and its SHA-256.
+        """
+        cfg = self.cfg
+        if not cfg.uses_knowledge:
+            return {}
+        if cfg.knowledge_source == "template":
+            kn = template_knowledge(dataset, index["category"].astype(str), cfg.knowledge_template,
+                                    cfg.class_name_spaces)
+        else:
+            entry = inputs.get("knowledge") or {}
+            path = entry.get("path") or str(cfg.knowledge_path(dataset))
+            kn = read_knowledge(path)
+            if entry.get("sha256") not in (None, kn.sha256):
+                raise KnowledgeError(f"knowledge file {path} changed after the run was planned (sha256 "
+                                     f"{str(entry['sha256'])[:12]} -> {kn.sha256[:12]}); start the run again")
+        return self.attach_knowledge(kn, dataset, index)
+
     def attach_knowledge(self, knowledge: Knowledge, dataset: str, index: pd.DataFrame) -> dict[str, int]:
         """Encode (once, cached per file and tower) and check the knowledge for a training index.
 

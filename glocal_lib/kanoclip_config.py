@@ -1,5 +1,8 @@
 """KAnoCLIPConfig: every switch of the KAnoCLIP reconstruction, defaults = spec/kanoclip.md.
 
+Registered as method "kanoclip" (glocal_lib.config imports this module; no torch here, so reading
+configs stays light); its detector is glocal_lib.model.kanoclip.detector.KAnoCLIPDetector.
+
 The paper fixes: the frozen ViT-L/14@336 CLIP, K = 12 learnable tokens, separate learnable normal and
 abnormal prompts with adjectives and the class name (examples normal/perfect, abnormal/defective),
 the KD hinge of Eq. 2 on Eq. 3's mean knowledge feature, the loss weights 1/1/1, four BiCA stages
@@ -9,12 +12,14 @@ Every other value is [ours] (spec section 9) and a field here.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
-from typing import Any
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
-from ...checks import check_range, check_types, coerce_numbers
-from ...errors import ConfigError
+from .checks import check_range
+from .config import MethodConfig, register_config
+from .errors import ConfigError
 
 _CHOICES = {
     "global_source": ("vv", "original"),
@@ -25,13 +30,17 @@ _CHOICES = {
     "knowledge_source": ("file", "template"),
     "knowledge_scope": ("image", "class"),
     "knowledge_missing": ("error", "skip"),
-    "precision": ("fp32", "bf16", "fp16"),
 }
+KNOWLEDGE_ENV = "GLOCAL_KANOCLIP_KNOWLEDGE"  # a knowledge file, or a folder of <dataset>.json files
+KNOWLEDGE_DIR = Path("knowledge")  # default folder (relative to the working directory), like weights/
 
 
+@register_config("kanoclip")
 @dataclass(frozen=True)
-class KAnoCLIPConfig:
+class KAnoCLIPConfig(MethodConfig):
     """KAnoCLIP switches; JSON-able through ``to_dict`` (run hashes, checkpoints)."""
+
+    detector: ClassVar[str] = "glocal_lib.model.kanoclip.detector:KAnoCLIPDetector"
 
     method: str = "kanoclip"
 
@@ -84,7 +93,7 @@ class KAnoCLIPConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        check_types(self, "kanoclip config")
+        super().__post_init__()
         if self.method != "kanoclip":
             raise ConfigError(f"KAnoCLIPConfig.method must be 'kanoclip', got {self.method!r}")
         for name, choices in _CHOICES.items():
@@ -111,21 +120,36 @@ class KAnoCLIPConfig:
         """Whether training needs the knowledge (alpha > 0); evaluation never does."""
         return self.kd_weight > 0
 
-    def replace(self, **changes: Any) -> KAnoCLIPConfig:
-        return type(self).from_dict({**self.to_dict(), **changes})
+    def knowledge_path(self, dataset: str, profile: Any = None) -> Path:
+        """The knowledge file for training on ``dataset``: ``knowledge_file`` ("{dataset}" expanded) >
+        $GLOCAL_KANOCLIP_KNOWLEDGE (a file, or a folder holding <dataset>.json) > a synthetic
+        profile's stand-in (<results_root>/knowledge/<dataset>.json) > knowledge/<dataset>.json."""
+        if self.knowledge_file:
+            return Path(self.knowledge_file.replace("{dataset}", dataset))
+        env = os.environ.get(KNOWLEDGE_ENV)
+        if env:
+            return Path(env) / f"{dataset}.json" if Path(env).is_dir() else Path(env)
+        if profile is not None and getattr(profile, "synthetic", False):
+            return Path(profile.results_root) / "knowledge" / f"{dataset}.json"
+        return KNOWLEDGE_DIR / f"{dataset}.json"
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    def training_inputs(self, profile: Any, data: Any) -> dict[str, Any]:
+        """Files besides the images that training reads, with their SHA-256 (part of the run identity).
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> KAnoCLIPConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown KAnoCLIP option(s) {unknown}; known options: {sorted(known)}")
-        kw = coerce_numbers(cls, d)
-        for k in ("normal_adjectives", "abnormal_adjectives", "feature_layers"):
-            if isinstance(kw.get(k), list):
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
+        With knowledge from a file: {"knowledge": {"path", "sha256"}} (sha256 None while the file is
+        missing: the plan still lists the run, training stops with how to make the file). A synthetic
+        profile (smoke, rehearsal) writes its deterministic stand-in first unless a file was named.
+        """
+        if not self.uses_knowledge or self.knowledge_source != "file":
+            return {}
+        from .io import sha256_file
+
+        path = self.knowledge_path(data.key, profile)
+        named = bool(self.knowledge_file or os.environ.get(KNOWLEDGE_ENV))
+        if getattr(profile, "synthetic", False) and not named:
+            from .model.kanoclip.knowledge import write_standin
+
+            rows = zip(data.index["image_path"].astype(str), data.index["category"].astype(str),
+                       data.index["label"].astype(int))
+            write_standin(path, data.key, rows)
+        return {"knowledge": {"path": str(path), "sha256": sha256_file(path) if path.is_file() else None}}
