@@ -95,6 +95,8 @@ def test_packaged_copy_matches_canonical_manifests():
     """The wheel ships glocal_lib/data/manifests/; it must equal data_manifests/ (run --sync after edits)."""
     if not (registry.REPO_DIR / "mvtec.yaml").is_file():
         pytest.skip("not a source checkout")
+    assert registry.manifest_keys(registry.PACKAGED_DIR) == registry.manifest_keys(registry.REPO_DIR), (
+        "the packaged manifests are not the canonical set: run `python -m glocal_lib.data.sync_manifests`")
     for key in DATASET_KEYS:
         assert filecmp.cmp(registry.REPO_DIR / f"{key}.yaml", registry.PACKAGED_DIR / f"{key}.yaml", shallow=False), (
             f"{key}.yaml differs: run `python -m glocal_lib.data.sync_manifests`")

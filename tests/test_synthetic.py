@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from glocal_lib.data.registry import DATASET_KEYS
 from glocal_lib.data.synthetic import (
-    CATEGORIES,
-    DATASET_KEYS,
-    REAL_COUNTS,
+    categories_of,
     generate_standin,
     make_standin,
+    real_counts,
     save_standin_grid,
     standin_root,
 )
@@ -112,7 +112,7 @@ def test_tiny_all_17_fast_and_complete(all_tiny):
     assert seconds < 8, f"tiny stand-ins for all 17 datasets took {seconds:.1f}s of CPU"
     for key, res in results.items():
         df = res.counts
-        assert list(df["category"]) == list(CATEGORIES[key]), key  # every real category by default
+        assert list(df["category"]) == list(categories_of(key)), key  # every real category by default
         if len(df) == 1:  # the whole dataset in one category: enough images that every smoke metric is defined
             assert df["test_anomalous"].iloc[0] >= 8, key
             assert df["test_normal"].iloc[0] == (0 if key in PIXEL_ONLY else 6), key
@@ -145,7 +145,7 @@ def test_scale_one_gives_real_mvtec_counts_fast(tmp_path):
     df = make_standin("mvtec", tmp_path / "mvtec", scale=1.0, image_size=32)
     seconds = time.process_time() - t0
     real = pd.DataFrame(
-        [(c, n, a) for c, (n, a) in REAL_COUNTS["mvtec"].items()],
+        [(c, n, a) for c, (n, a) in real_counts("mvtec").items()],
         columns=["category", "test_normal", "test_anomalous"],
     )
     pd.testing.assert_frame_equal(df[real.columns], real)
@@ -198,10 +198,10 @@ def test_real_counts_match_spec_csv_and_manifests():
             key = names.get(row.dataset)
             if key is None or pd.isna(row.test_normal):
                 continue
-            assert REAL_COUNTS[key][row.category] == (int(row.test_normal), int(row.test_anomalous))
+            assert real_counts(key)[row.category] == (int(row.test_normal), int(row.test_anomalous))
     totals = {"dtd": (357, 947), "dagm": (6996, 1054)}
     for key, (n, a) in totals.items():
-        vals = np.array(list(REAL_COUNTS[key].values()))
+        vals = np.array(list(real_counts(key).values()))
         assert tuple(vals.sum(0)) == (n, a)
 
 
@@ -322,7 +322,7 @@ def test_btad_extensions_and_mask_encodings(all_tiny):
 def test_mvtec_like_layouts(all_tiny):
     res = all_tiny[0]["mvtec"]
     root = res.root
-    for cat in CATEGORIES["mvtec"]:
+    for cat in categories_of("mvtec"):
         with Image.open(next((root / cat / "test" / "good").iterdir())) as im:
             assert im.mode == ("L" if cat in {"grid", "screw", "zipper"} else "RGB"), cat
         assert _n(root, f"{cat}/train/good/*.png") == 2

@@ -10,6 +10,10 @@ Where manifests are found (first hit wins):
 The packaged copy is regenerated from the canonical one with
 ``python -m glocal_lib.data.sync_manifests``; a test fails when the two differ, so a wheel never
 ships stale facts.
+
+The manifests are the only place dataset facts live: the dataset keys are the manifest files found,
+and names, domains, categories, counts and layouts are read from them by everything else (the
+experiment registry, the stand-in generator, the converters). Adding a dataset is adding a manifest.
 """
 
 from __future__ import annotations
@@ -26,14 +30,11 @@ import pandas as pd
 from glocal_lib.errors import DataError
 from glocal_lib.io import read_yaml
 
-DATASET_KEYS: tuple[str, ...] = (
-    "mvtec", "visa", "mpdd", "btad", "sdd", "dtd", "headct", "brainmri", "br35h", "isic", "colondb",
-    "clinicdb", "kvasir", "endo", "tn3k", "dagm", "covid19",
-)
 ENV_VAR = "GLOCAL_MANIFESTS"
 PACKAGED_DIR = Path(__file__).resolve().parent / "manifests"
 REPO_DIR = Path(__file__).resolve().parents[2] / "data_manifests"
 EVAL_LEVELS = ("image", "pixel", "both")
+DOMAINS = ("industrial", "medical")
 
 
 def manifest_dir() -> Path:
@@ -65,6 +66,15 @@ class Manifest:
     @property
     def name(self) -> str:
         return str(self.data.get("name", self.key))
+
+    @property
+    def short_name(self) -> str:
+        """The name as the papers' tables print it (table rows, published-value lookups)."""
+        return str(self.data["short_name"])
+
+    @property
+    def domain(self) -> str:
+        return str(self.data["domain"])
 
     @property
     def released_key(self) -> str:
@@ -125,25 +135,33 @@ class Manifest:
 
 
 def _check(data: Any, key: str, path: Path) -> dict[str, Any]:
-    need = ("key", "released_key", "eval_level", "layout", "masks", "categories", "totals")
+    need = ("key", "name", "short_name", "domain", "released_key", "eval_level", "layout", "masks", "categories",
+            "totals")
     if not isinstance(data, dict) or any(k not in data for k in need):
         raise DataError(f"manifest {path} is not a valid dataset manifest (needs keys {', '.join(need)}).")
     if data["key"] != key:
         raise DataError(f"manifest {path} declares key {data['key']!r}; rename the file to {data['key']}.yaml.")
     if data["eval_level"] not in EVAL_LEVELS:
         raise DataError(f"manifest {path}: eval_level must be one of {EVAL_LEVELS}, not {data['eval_level']!r}.")
+    if data["domain"] not in DOMAINS:
+        raise DataError(f"manifest {path}: domain must be one of {DOMAINS}, not {data['domain']!r}.")
     return data
+
+
+def manifest_keys(folder: Path | None = None) -> tuple[str, ...]:
+    """The dataset keys: the stems of the ``<key>.yaml`` files in the manifest folder, sorted."""
+    return tuple(sorted(p.stem for p in (folder or manifest_dir()).glob("*.yaml")))
 
 
 def resolve_key(name: str) -> str:
     """Our key for a name: accepts our keys and the released code's ones (``SDD``, ``brain_mri``...)."""
     low = name.strip().lower()
-    if low in DATASET_KEYS:
+    if low in DATASETS:
         return low
-    for key in DATASET_KEYS:
-        if DATASETS[key].released_key.lower() == low:
+    for key, m in DATASETS.items():
+        if m.released_key.lower() == low:
             return key
-    raise DataError(f"unknown dataset {name!r}; use one of: {', '.join(DATASET_KEYS)}.")
+    raise DataError(f"unknown dataset {name!r}; use one of: {', '.join(DATASETS)}.")
 
 
 def load_manifest(key: str) -> Manifest:
@@ -152,39 +170,64 @@ def load_manifest(key: str) -> Manifest:
 
 
 class _Manifests(Mapping[str, Manifest]):
-    """``DATASETS``: a read-only dict key -> Manifest that reads each YAML on first use."""
+    """``DATASETS``: a read-only dict key -> Manifest over the current manifest folder (see
+    ``manifest_dir``), reading each YAML on first use; the cache follows the folder, so pointing
+    ``$GLOCAL_MANIFESTS`` elsewhere takes effect at once."""
 
     def __init__(self) -> None:
+        self._folder: Path | None = None
+        self._keys: tuple[str, ...] = ()
         self._cache: dict[str, Manifest] = {}
 
+    def _current(self) -> Path:
+        folder = manifest_dir()
+        if folder != self._folder:
+            self._folder, self._keys, self._cache = folder, manifest_keys(folder), {}
+        return folder
+
     def __getitem__(self, key: str) -> Manifest:
-        if key not in DATASET_KEYS:
+        folder = self._current()
+        if key not in self._keys:
             raise KeyError(key)
         if key not in self._cache:
-            path = manifest_dir() / f"{key}.yaml"
-            if not path.is_file():
-                raise DataError(f"manifest {path} is missing; restore it from the repository's data_manifests/.")
+            path = folder / f"{key}.yaml"
             self._cache[key] = Manifest(key, path, _check(read_yaml(path), key, path))
         return self._cache[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(DATASET_KEYS)
+        self._current()
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(DATASET_KEYS)
+        self._current()
+        return len(self._keys)
 
     def clear_cache(self) -> None:
-        self._cache.clear()
+        self._folder = None
 
 
 DATASETS = _Manifests()
+# The keys found when the package was imported (for parametrised tests and help texts); code that must
+# follow a changed $GLOCAL_MANIFESTS iterates DATASETS instead.
+def _keys_at_import() -> tuple[str, ...]:
+    try:
+        return tuple(DATASETS)
+    except DataError:  # a bad $GLOCAL_MANIFESTS: not an import error; every use of DATASETS says what is wrong
+        return ()
+
+
+DATASET_KEYS: tuple[str, ...] = _keys_at_import()
 
 
 def sync_packaged_copy(src: Path = REPO_DIR, dst: Path = PACKAGED_DIR) -> list[Path]:
-    """Copy the canonical manifests into the package (run after editing data_manifests/)."""
+    """Make the packaged manifests equal the canonical ones (run after editing data_manifests/): every
+    ``<key>.yaml`` is copied and a packaged manifest whose dataset was removed is deleted."""
     dst.mkdir(parents=True, exist_ok=True)
+    keys = manifest_keys(src)
+    for stale in sorted(set(manifest_keys(dst)) - set(keys)):
+        (dst / f"{stale}.yaml").unlink()
     out = []
-    for key in DATASET_KEYS:
+    for key in keys:
         shutil.copyfile(src / f"{key}.yaml", dst / f"{key}.yaml")
         out.append(dst / f"{key}.yaml")
     return out
@@ -196,7 +239,8 @@ def manifest_table() -> pd.DataFrame:
     for key, m in DATASETS.items():
         tn, ta = m.expected_totals()
         rows.append({
-            "key": key, "name": m.name, "released_key": m.released_key, "domain": m.data.get("domain"),
+            "key": key, "name": m.name, "short_name": m.short_name, "released_key": m.released_key,
+            "domain": m.domain,
             "eval_level": m.eval_level, "n_categories": len(m.categories), "test_normal": tn,
             "test_anomalous": ta, "counts_tag": m.data["totals"].get("tag"),
             "license": m.data.get("license", {}).get("name"), "license_tag": m.data.get("license", {}).get("tag"),

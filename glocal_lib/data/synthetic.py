@@ -11,8 +11,11 @@ Images are drawn procedurally (textures and simple objects, numpy only) and anom
 pixels, so a model can learn them and pixel metrics on stand-ins mean something. Everything is
 deterministic per (key, category, split, index, seed): the same call writes the same bytes.
 
-Layout facts follow /work/shared/spec/datasets.md and the released `generate_dataset_json/*.py`;
-facts tagged unverified there are marked `[U]` in `LAYOUTS` below.
+Dataset facts (categories, counts, defect folders, folder names and extensions) are read from the
+manifests (`data_manifests/*.yaml`); the per-layout quirks follow /work/shared/spec/datasets.md and the
+released `generate_dataset_json/*.py`. A dataset added with a manifest of an existing converter
+(`mvtec_style`, `images_masks`, `image_folders`) gets a stand-in from its manifest alone; a new
+layout needs its own planner here (see `_plan_category`).
 """
 
 from __future__ import annotations
@@ -30,45 +33,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from glocal_lib.data.registry import DATASET_KEYS, load_manifest
+from glocal_lib.data.registry import DATASETS, Manifest
 from glocal_lib.errors import ConfigError, DataError
 from glocal_lib.io import atomic_save_with, atomic_write_bytes, atomic_write_text
 
 # --------------------------------------------------------------------------------------------------
-# Dataset facts: categories (released `cls_name` strings) and real test counts (normal, anomalous).
+# Dataset facts come from the manifests (categories, test counts, defect folders, layout parameters);
+# this module adds only what a stand-in needs to look like the real files.
 # --------------------------------------------------------------------------------------------------
-
-# fmt: off
-_MVTEC_DEFECTS: dict[str, tuple[str, ...]] = {
-    "bottle": ("broken_large", "broken_small", "contamination"),
-    "cable": ("bent_wire", "cable_swap", "combined", "cut_inner_insulation", "cut_outer_insulation",
-              "missing_cable", "missing_wire", "poke_insulation"),
-    "capsule": ("crack", "faulty_imprint", "poke", "scratch", "squeeze"),
-    "carpet": ("color", "cut", "hole", "metal_contamination", "thread"),
-    "grid": ("bent", "broken", "glue", "metal_contamination", "thread"),
-    "hazelnut": ("crack", "cut", "hole", "print"),
-    "leather": ("color", "cut", "fold", "glue", "poke"),
-    "metal_nut": ("bent", "color", "flip", "scratch"),
-    "pill": ("color", "combined", "contamination", "crack", "faulty_imprint", "pill_type", "scratch"),
-    "screw": ("manipulated_front", "scratch_head", "scratch_neck", "thread_side", "thread_top"),
-    "tile": ("crack", "glue_strip", "gray_stroke", "oil", "rough"),
-    "toothbrush": ("defective",),
-    "transistor": ("bent_lead", "cut_lead", "damaged_case", "misplaced"),
-    "wood": ("color", "combined", "hole", "liquid", "scratch"),
-    "zipper": ("broken_teeth", "combined", "fabric_border", "fabric_interior", "rough", "split_teeth",
-               "squeezed_teeth"),
-}
-
-_MPDD_DEFECTS: dict[str, tuple[str, ...]] = {
-    "bracket_black": ("hole", "scratches"),
-    "bracket_brown": ("bend_and_parts_mismatch", "parts_mismatch"),
-    "bracket_white": ("defective_painting", "scratches"),
-    "connector": ("parts_mismatch",),
-    "metal_plate": ("major_rust", "scratches", "total_rust"),
-    "tubes": ("anomalous",),
-}
-
-# fmt: on
 
 
 def _even_split(total: int, n: int) -> list[int]:
@@ -77,9 +49,10 @@ def _even_split(total: int, n: int) -> list[int]:
     return [base + (1 if i < rem else 0) for i in range(n)]
 
 
-def _manifest_counts(key: str) -> dict[str, tuple[int, int]]:
-    """Real test counts per category from the dataset's manifest (the one source of dataset facts)."""
-    m = load_manifest(key)
+def real_counts(key: str) -> dict[str, tuple[int, int]]:
+    """Real test counts (normal, anomalous) per category from the dataset's manifest; where the manifest
+    knows only the totals (DTD, DAGM: spec §6.1, §7.2) they are spread evenly over the categories."""
+    m = _manifest(key)
     df = m.expected_counts()
     total_n, total_a = m.expected_totals()
     normal = _even_split(total_n, len(df)) if df["test_normal"].isna().any() else df["test_normal"].tolist()
@@ -87,41 +60,25 @@ def _manifest_counts(key: str) -> dict[str, tuple[int, int]]:
     return {str(c): (int(n), int(a)) for c, n, a in zip(df["category"], normal, anomalous)}
 
 
-# Per-category counts the manifests do not know (DTD, DAGM: spec §6.1, §7.2) are the totals spread evenly.
-REAL_COUNTS: dict[str, dict[str, tuple[int, int]]] = {k: _manifest_counts(k) for k in DATASET_KEYS}
-CATEGORIES: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in REAL_COUNTS.items()}
+def categories_of(key: str) -> tuple[str, ...]:
+    """The dataset's categories (the released code's names), in manifest order."""
+    return tuple(_manifest(key).categories)
+
+
+def _manifest(key: str) -> Manifest:
+    if key not in DATASETS:
+        raise ConfigError(f"unknown dataset key {key!r}; use one of {', '.join(DATASETS)}")
+    return DATASETS[key]
+
+
+def _defect_types(key: str, category: str) -> tuple[str, ...]:
+    """The manifest's test/<defect>/ folder names of a category (``defect_types``), or one generic one."""
+    table = _manifest(key).data.get("defect_types") or {}
+    return tuple(table.get(category) or ("anomaly",))
+
 
 # Empty `ko` masks in the real BTAD (spec §4.4, single third-party source): reproduced at float scales.
 _BTAD_EMPTY_MASKS = {"01": 0, "02": 1, "03": 10}
-
-# One line per key: the exact tree written (relative to the dataset root).  Also the README's table.
-LAYOUTS: dict[str, str] = {
-    "mvtec": "<cat>/{train,test}/good/NNN.png; test/<defect>/NNN.png; ground_truth/<defect>/NNN_mask.png "
-    "(0/255); grid, screw, zipper single-channel; readme.txt + license.txt at the root [U]",
-    "visa": "split_csv/1cls.csv (CRLF; object,split,label,image,mask); <cat>/Data/Images/Normal/XXXX.JPG "
-    "(4 digits for candle, macaroni1/2, pcb1-4, else 3); <cat>/Data/Images/Anomaly/NNN.JPG; "
-    "<cat>/Data/Masks/Anomaly/NNN.png (values 1..3); <cat>/image_anno.csv [U columns]",
-    "mpdd": "MVTec-style: <cat>/{train,test}/good, test/<defect>, ground_truth/<defect>/NNN_mask.png [U]",
-    "btad": "<cat>/train/ok, test/ok, test/ko, ground_truth/ko/ same stem NNNN; 01 bmp images + png masks "
-    "0/255, 02 png + png masks 0/1, 03 bmp + bmp masks 0/255 [U which encoding where]",
-    "sdd": "'electrical commutators'/train/good (empty), test/good, test/defect/kosNN_PartM_H.png, "
-    "ground_truth/defect/kosNN_PartM_H_mask.png [U mask name]; grayscale, taller than wide",
-    "dtd": "<Texture_NNN>/{train,test}/good/NNN.png, test/bad/NNN.png, ground_truth/bad/NNN_mask.png [U]",
-    "headct": "brain/test/good/NNN.png (ids 100..), brain/test/defect/NNN.png (ids 000..); grayscale, no masks",
-    "brainmri": "brain_tumor_dataset/{no,yes}/ mixed names/extensions ('1 no.jpeg', 'N2.JPG', 'no 3.jpg', "
-    "palette 'N4.png'; 'Y1.jpg', 'Y2.JPG', RGBA 'Y3.png') [U]; no masks",
-    "br35h": "br35/no/noN.jpg, br35/yes/yN.jpg; no masks",
-    "isic": "skin/test/defect/ISIC_XXXXXXX.jpg, skin/ground_truth/defect/ISIC_XXXXXXX_Segmentation.png (0/255)",
-    "colondb": "images/N.png, masks/N.png (same stem, 0/255)",
-    "clinicdb": "images/N.tif, masks/N.tif (official .tif, unpadded numbers 1..N, 0/255)",
-    "kvasir": "images/<25-char id>.jpg, masks/<id>.jpg (RGB JPEG masks with compression noise)",
-    "endo": "images/<name>.jpg, masks/<name>.png (0/255) [U extensions]",
-    "tn3k": "test-image/NNNN.jpg, test-mask/NNNN.jpg (grayscale JPEG masks, noise); trainval-image/, "
-    "trainval-mask/ (2 each)",
-    "dagm": "DAGM_KaggleUpload/ClassN/{Train,Test}/NNNN.PNG, .../Label/NNNN_label.PNG (0/255) + "
-    "Label/Labels.txt [U format]; grayscale",
-    "covid19": "covid/NORMAL/'NORMAL (N).png', covid/COVID-19/'COVID-19 (N).png' [U file names]; grayscale, no masks",
-}
 
 _TRAIN_PER_CATEGORY = 2  # small `train/` splits: no converter or metric depends on their size
 _DAGM_ROOT = "DAGM_KaggleUpload"
@@ -368,7 +325,9 @@ def _look(key: str, category: str) -> tuple[str, str, int, float, float, bool]:
             "perforated",
         )
         return kinds[int(category[5:]) - 1], "", 1, 0, 1, True
-    raise ConfigError(f"unknown dataset key {key!r}; use one of {', '.join(DATASET_KEYS)}")
+    if _manifest(key).domain == "medical":  # a dataset added by its manifest alone: a generic look
+        return "gradient", "ellipse", 1, 0.3, 0.8, False
+    return "noise", "disc", 1, 0.32, 1.0, False
 
 
 # fmt: off
@@ -731,6 +690,7 @@ def _plan_mvtec_like(
     mask_values: str = "255",
     digits: int = 3,
     train: bool = True,
+    mask_dir: str = "ground_truth",
 ) -> list[_Plan]:
     c = ctx.category
     plans = []
@@ -751,7 +711,7 @@ def _plan_mvtec_like(
             _plan(
                 ctx,
                 f"{c}/test/{d}/{stem}.{img_ext}",
-                f"{c}/ground_truth/{d}/{stem}{mask_suffix}.{mask_ext}",
+                f"{c}/{mask_dir}/{d}/{stem}{mask_suffix}.{mask_ext}",
                 1,
                 "test",
                 d,
@@ -765,13 +725,9 @@ def _plan_mvtec_like(
 
 def _plan_category(ctx: _Ctx) -> list[_Plan]:
     k, c = ctx.key, ctx.category
-    if k == "mvtec":
+    if k in {"mvtec", "mpdd"}:
         return _plan_mvtec_like(
-            ctx, good="good", defects=_MVTEC_DEFECTS[c], img_ext="png", mask_ext="png", mask_suffix="_mask"
-        )
-    if k == "mpdd":
-        return _plan_mvtec_like(
-            ctx, good="good", defects=_MPDD_DEFECTS[c], img_ext="png", mask_ext="png", mask_suffix="_mask"
+            ctx, good="good", defects=_defect_types(k, c), img_ext="png", mask_ext="png", mask_suffix="_mask"
         )
     if k == "dtd":
         return _plan_mvtec_like(
@@ -825,7 +781,27 @@ def _plan_category(ctx: _Ctx) -> list[_Plan]:
         return _plan_images_masks(ctx)
     if k == "dagm":
         return _plan_dagm(ctx)
-    raise ConfigError(f"unknown dataset key {k!r}; use one of {', '.join(DATASET_KEYS)}")
+    return _plan_from_manifest(ctx)
+
+
+def _plan_from_manifest(ctx: _Ctx) -> list[_Plan]:
+    """A dataset without its own planner: the first folder names and extensions its manifest's layout
+    accepts, for the converters that need nothing else (a new layout needs a planner above)."""
+    m = _manifest(ctx.key)
+    lay = m.layout
+    if m.converter == "mvtec_style":
+        return _plan_mvtec_like(ctx, good=lay["normal_dirs"][0], defects=_defect_types(ctx.key, ctx.category),
+                                img_ext=lay["image_exts"][0], mask_ext=lay["mask_exts"][0],
+                                mask_suffix=lay["mask_suffixes"][0], mask_dir=lay["mask_dir"])
+    if m.converter == "images_masks":
+        return _plan_images_masks(ctx)
+    if m.converter == "image_folders":
+        sub, ext = lay["subdir"].strip("/"), lay["image_exts"][0]
+        anom = (lay.get("anomalous_dirs") or ["anomalous"])[0]
+        return _plan_image_level(ctx, f"{sub}/{lay['normal_dirs'][0]}/{{:03d}}.{ext}", 0,
+                                 f"{sub}/{anom}/{{:03d}}.{ext}", 0, anom)
+    raise ConfigError(f"no stand-in generator for {ctx.key!r} (manifest {m.path}, converter {m.converter!r}): "
+                      "add a planner for its layout to glocal_lib/data/synthetic.py (_plan_category)")
 
 
 def _plan_sdd(ctx: _Ctx) -> list[_Plan]:
@@ -926,7 +902,9 @@ def _plan_brainmri(ctx: _Ctx) -> list[_Plan]:
 def _plan_images_masks(ctx: _Ctx) -> list[_Plan]:
     """Pixel-level medical sets: only anomalous images, masks in a sibling folder with the same stem."""
     k = ctx.key
-    img_dir, mask_dir = ("test-image", "test-mask") if k == "tn3k" else ("images", "masks")
+    lay = _manifest(k).layout
+    img_dir = lay.get("image_dir") or "images"  # null: any one folder beside the masks (Endo)
+    mask_dir, suffix = lay["mask_dir"], lay["mask_suffixes"][0]
     if k == "kvasir":
         r = _rng("kvasir-ids", ctx.seed)
         alphabet = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789"))
@@ -937,20 +915,20 @@ def _plan_images_masks(ctx: _Ctx) -> list[_Plan]:
         stems = [f"endotect_{i:04d}" for i in range(ctx.n_anom)]  # [U] real names unknown
     else:
         stems = [str(i + 1) for i in range(ctx.n_anom)]  # CVC: 1..N, unpadded (sorts 1, 10, 11, 2, ...)
-    img_ext, mask_ext = {
+    img_ext, mask_ext = {  # the real files' (the manifests list every extension the converter accepts)
         "colondb": ("png", "png"),
         "clinicdb": ("tif", "tif"),
         "kvasir": ("jpg", "jpg"),
         "endo": ("jpg", "png"),
         "tn3k": ("jpg", "jpg"),
-    }[k]
+    }.get(k, (lay["image_exts"][0], lay["mask_exts"][0]))
     mask_mode = "RGB" if k == "kvasir" else "L"
     defect = "images" if k == "endo" else "anomaly"  # endo: the image folder's name, as released
     plans = [
         _plan(
             ctx,
             f"{img_dir}/{s}.{img_ext}",
-            f"{mask_dir}/{s}.{mask_ext}",
+            f"{mask_dir}/{s}{suffix}.{mask_ext}",
             1,
             "test",
             defect,
@@ -1071,12 +1049,20 @@ def standin_root(key: str, out_root: str | Path) -> Path:
 _TINY_SINGLE = (6, 8)
 
 
+def _has_train_split(key: str) -> bool:
+    """Whether the stand-in writes a small `train/` split (the real layout has one we reproduce)."""
+    if key in {"sdd", "headct", "brainmri", "br35h", "covid19", "isic", "colondb", "clinicdb", "kvasir", "endo"}:
+        return False
+    return key in {"mvtec", "visa", "mpdd", "btad", "dtd", "tn3k", "dagm"} or _manifest(key).converter == "mvtec_style"
+
+
 def _category_counts(key: str, scale: str | float, categories: Sequence[str]) -> dict[str, tuple[int, int]]:
-    real = REAL_COUNTS[key]
+    real = real_counts(key)
+    names = list(real)
     out = {}
     for c in categories:
         n_real, a_real = real[c]
-        ci = CATEGORIES[key].index(c)
+        ci = names.index(c)
         if scale == "tiny" and len(real) == 1:  # one category = the whole dataset: enough for every metric
             n = 0 if n_real == 0 else _TINY_SINGLE[0]
             a = 0 if a_real == 0 else _TINY_SINGLE[1]
@@ -1091,8 +1077,7 @@ def _category_counts(key: str, scale: str | float, categories: Sequence[str]) ->
 
 
 def _check_args(key: str, scale: str | float, categories: Iterable[str] | None, image_size: int) -> list[str]:
-    if key not in REAL_COUNTS:
-        raise ConfigError(f"unknown dataset key {key!r}; use one of {', '.join(DATASET_KEYS)}")
+    known = categories_of(key)  # an unknown key is refused here
     if isinstance(scale, str):
         if scale != "tiny":
             raise ConfigError(f"scale={scale!r}: use 'tiny' or a positive number (1.0 = real counts)")
@@ -1101,15 +1086,15 @@ def _check_args(key: str, scale: str | float, categories: Iterable[str] | None, 
     if not isinstance(image_size, int) or image_size < 16:
         raise ConfigError(f"image_size={image_size!r}: use an integer >= 16")
     if categories is None:
-        return list(CATEGORIES[key])
+        return list(known)
     cats = list(categories)
-    unknown = [c for c in cats if c not in CATEGORIES[key]]
+    unknown = [c for c in cats if c not in known]
     if unknown or not cats:
         raise ConfigError(
             f"categories {unknown or cats!r} are not {key} categories; "
-            f"choose from {', '.join(CATEGORIES[key])}"
+            f"choose from {', '.join(known)}"
         )
-    return [c for c in CATEGORIES[key] if c in cats]  # canonical order
+    return [c for c in known if c in cats]  # canonical order
 
 
 def generate_standin(
@@ -1142,23 +1127,7 @@ def generate_standin(
     rows = []
     for c in cats:
         n, a = counts[c]
-        n_train = (
-            0
-            if key
-            in {
-                "sdd",
-                "headct",
-                "brainmri",
-                "br35h",
-                "covid19",
-                "isic",
-                "colondb",
-                "clinicdb",
-                "kvasir",
-                "endo",
-            }
-            else _TRAIN_PER_CATEGORY
-        )
+        n_train = _TRAIN_PER_CATEGORY if _has_train_split(key) else 0
         n_empty = 0
         if key == "btad" and scale != "tiny":
             n_empty = min(a, round(_BTAD_EMPTY_MASKS[c] * float(scale)))
@@ -1238,7 +1207,7 @@ def make_all_standins(
     keys: Sequence[str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every stand-in under `out_root/<key>` (DAGM under `out_root/dagm/DAGM_KaggleUpload`)."""
-    return {k: make_standin(k, Path(out_root) / k, seed, image_size, scale) for k in (keys or DATASET_KEYS)}
+    return {k: make_standin(k, Path(out_root) / k, seed, image_size, scale) for k in (keys or DATASETS)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1266,7 +1235,7 @@ def save_standin_grid(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = list(keys or DATASET_KEYS)
+    keys = list(keys or DATASETS)
     per_key, per_row = 4, 2 if len(keys) > 1 else 1
     nrows = -(-len(keys) // per_row)
     fig, axes = plt.subplots(
@@ -1277,7 +1246,7 @@ def save_standin_grid(
     with tempfile.TemporaryDirectory() as tmp:
         for i, key in enumerate(keys):
             res = generate_standin(
-                key, Path(tmp) / key, seed=seed, image_size=image_size, categories=CATEGORIES[key][:3]
+                key, Path(tmp) / key, seed=seed, image_size=image_size, categories=categories_of(key)[:3]
             )
             test = [f for f in res.files if f.split == "test"]
             normals = [f for f in test if f.label == 0]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glocal_lib.data.registry import DATASETS, load_manifest
 from glocal_lib.errors import ConfigError
 from glocal_lib.experiments.parameters import name_list
 from glocal_lib.io import read_yaml
@@ -186,7 +187,7 @@ class Registry:
             raise ConfigError(f"GlocalCLIP preset {glocal_preset!r} is not one of {list(GLOCAL_PRESETS)}")
         self.profile = profile
         self.glocal_preset = glocal_preset
-        known = set(data["datasets"])
+        known = set(DATASETS)
         if datasets:
             bad = sorted(set(datasets) - known)
             if bad:
@@ -247,10 +248,11 @@ class Registry:
         return [a for a in arts if a in wanted]
 
     def dataset_name(self, key: str) -> str:
-        return str(self.data["datasets"][key]["name"])
+        """The name the tables print (and the published values use): the manifest's ``short_name``."""
+        return load_manifest(key).short_name
 
     def domain_of(self, key: str) -> str:
-        return str(self.data["datasets"][key]["domain"])
+        return load_manifest(key).domain
 
     def keep(self, dataset: str) -> bool:
         return self.dataset_filter is None or dataset in self.dataset_filter
@@ -503,7 +505,17 @@ def load_registry(path: str | Path | None = None, **kwargs: Any) -> Registry:
     """Read experiments.yaml (or another registry file) and resolve it for a profile."""
     path = Path(path) if path else REGISTRY_FILE
     data = read_yaml(path)
-    for key in ("datasets", "protocols", "profiles", "methods", "variants", "artifacts"):
+    for key in ("protocols", "profiles", "methods", "variants", "artifacts"):
         if key not in data:
             raise ConfigError(f"{path}: missing top-level key {key!r}")
+    unknown = sorted(_protocol_datasets(data) - set(DATASETS))
+    if unknown:
+        raise ConfigError(f"{path}: dataset key(s) {unknown} in protocols have no manifest; add "
+                          f"data_manifests/<key>.yaml (README: Adding a dataset) or use one of {', '.join(DATASETS)}")
     return Registry(data, source=str(path), **kwargs)
+
+
+def _protocol_datasets(data: dict[str, Any]) -> set[str]:
+    """Every training and evaluation set the protocols name."""
+    pairs = [p for proto in data["protocols"].values() for domain in proto.values() for p in domain]
+    return {p["train"] for p in pairs} | {d for p in pairs for d in p["eval"]}

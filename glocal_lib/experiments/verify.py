@@ -202,7 +202,7 @@ def rc_table(registry: Registry, profile: Any, checked: Sequence[Checked], runs:
     art = registry.artifact(ARTIFACT)
     df = compare(registry, list(zip(checked, runs)), stand_in=stand_in)
     line = verdict(df, float(art.get("tolerance", 0.1)), stand_in=stand_in)
-    names = {k: registry.dataset_name(k) for k in registry.data["datasets"]}
+    names = {k: registry.dataset_name(k) for k in {key for ck in checked for key in (ck.train, ck.eval)}}
     sigma = "4 scaled to the smoke image size" if stand_in else f"{TEST_SH['sigma']:g}"
     settings = (f"evaluated as {REPO_URL} test.sh: preset {PRESET} (--features_list 24 = top layer, depth, n_ctx "
                 f"and t_n_ctx from the file), image size {profile.image_size}, sigma {sigma}, precision "
