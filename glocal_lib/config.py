@@ -294,3 +294,4 @@ def load_preset_for(name: str, train_dataset: str | None = None, eval_dataset: s
 
 # Method configs defined in their own modules register themselves on import (after the base above).
 from . import kanoclip_config  # noqa: E402,F401
+from . import vip2clip_config  # noqa: E402,F401

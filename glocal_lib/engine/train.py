@@ -48,6 +48,7 @@ from glocal_lib.errors import ConfigError, RunError, describe_load_failure
 from glocal_lib.io import atomic_save_with, atomic_write_json, atomic_write_text
 
 LOSS_KEYS = ("global", "local", "focal", "dice", "gcl", "total")
+DEFAULT_BETAS = (0.5, 0.999)  # Adam of the released GlocalCLIP / AnomalyCLIP train.py
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class TrainSpec:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float = 1e-3
-    betas: tuple[float, float] = (0.5, 0.999)
+    betas: tuple[float, float] | None = None  # None: the method config's adam_betas, else DEFAULT_BETAS
     use_cache: bool = True
 
     def __post_init__(self) -> None:
@@ -72,13 +73,14 @@ class TrainSpec:
         check_range("epochs", self.epochs, minimum=1, hint="omit it for the profile's value")
         check_range("batch_size", self.batch_size, minimum=1)
         check_range("lr", self.lr, above=0)
-        for i, b in enumerate(self.betas):
+        for i, b in enumerate(self.betas or ()):
             check_range(f"betas[{i}]", b, minimum=0, below=1)
 
-    def resolved(self, profile: Profile) -> TrainSpec:
+    def resolved(self, profile: Profile, cfg: Any = None) -> TrainSpec:
+        betas = self.betas if self.betas is not None else getattr(cfg, "adam_betas", DEFAULT_BETAS)
         return dataclasses.replace(self, epochs=self.epochs if self.epochs is not None else profile.epochs,
                                    batch_size=self.batch_size if self.batch_size is not None else profile.batch_size,
-                                   betas=tuple(float(b) for b in self.betas))
+                                   betas=tuple(float(b) for b in betas))
 
 
 def _config(spec: TrainSpec, profile: Profile) -> Any:
@@ -95,7 +97,7 @@ def training_inputs(cfg: Any, profile: Profile, data: DataInfo) -> dict[str, Any
 
 def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo) -> dict[str, Any]:
     """Everything that changes the trained prompts (not device, paths or worker counts)."""
-    spec = spec.resolved(profile)
+    spec = spec.resolved(profile, cfg)
     inputs = training_inputs(cfg, profile, data)
     extra = {"inputs": {k: v["sha256"] for k, v in inputs.items()}} if inputs else {}
     return {
@@ -152,7 +154,7 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
             shutil.rmtree(run_dir)
             run_dir.mkdir()
         clear_failure(run_dir)
-        spec = spec.resolved(profile)
+        spec = spec.resolved(profile, cfg)
         config = {
             "kind": "train", "name": spec.name, "profile": profile.name, "preset": spec.preset,
             "banner": profile.banner, "train_dataset": spec.train_dataset, "model": cfg.to_dict(),
@@ -273,7 +275,9 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
     for p in model.parameters():  # only prompts learn: freeze anything else the model left trainable
         if id(p) not in train_ids:
             p.requires_grad_(False)
-    optimizer = torch.optim.Adam(params, lr=spec.lr, betas=tuple(spec.betas))
+    # a method with several learning rates declares its groups (e.g. ViP2-CLIP: FGP at lr / 100)
+    groups = model.param_groups(spec.lr) if hasattr(model, "param_groups") else params
+    optimizer = torch.optim.Adam(groups, lr=spec.lr, betas=tuple(spec.betas))
     shuffle = torch.Generator().manual_seed(spec.seed)
     ckpt_dir = run_dir / "checkpoints"
     init = _text_embeddings(model)

@@ -35,7 +35,8 @@ from .checkpoint import (
     official_flavour,
 )
 
-OFFICIAL_PRESETS = {"glocalclip": "glocalclip-released", "anomalyclip": "anomalyclip"}
+OFFICIAL_PRESETS = {"glocalclip": "glocalclip-released", "anomalyclip": "anomalyclip",
+                    "vip2clip": "vip2clip-released"}
 # fields that change how a trained model is evaluated, not what its checkpoint holds
 INFERENCE_ONLY_FIELDS = ("precision", "sigma", "map_reduction")
 

@@ -182,8 +182,25 @@ def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source
 
 
 # ---- official format ---------------------------------------------------------------------------
+def _method_hooks(cfg_or_model: Any) -> Any:
+    """The detector class of a non-ModelConfig method (its released-format hooks), else None."""
+    cfg = getattr(cfg_or_model, "cfg", cfg_or_model)
+    if isinstance(cfg, ModelConfig):
+        return None
+    from ..config import detector_class
+
+    return detector_class(cfg)
+
+
 def official_flavour(cfg: ModelConfig) -> str:
-    """'glocalclip' or 'anomalyclip': which released prompt learner this config corresponds to."""
+    """'glocalclip' or 'anomalyclip': which released prompt learner this config corresponds to
+    (another method: its own name, after its detector's ``check_official`` hook)."""
+    hooks = _method_hooks(cfg)
+    if hooks is not None:
+        if not hasattr(hooks, "check_official"):
+            raise ConfigError(f"method {cfg.method!r} has no official checkpoint format")
+        hooks.check_official(cfg)
+        return cfg.method
     if not cfg.deep_overwrites_context and cfg.has_deep_prompts:
         raise ConfigError("deep_overwrites_context=False has no official checkpoint format "
                           "(the released learners let deep prompts overwrite the context)")
@@ -228,12 +245,32 @@ def official_state_dict(model: GlocalDetector) -> dict[str, torch.Tensor]:
 
 
 def export_official(model: GlocalDetector, path: str | os.PathLike[str]) -> Path:
-    """Write ``{"prompt_learner": state_dict}`` loadable by the released test.py."""
+    """Write ``{"prompt_learner": state_dict}`` loadable by the released test.py (another method:
+    the dict its detector's ``official_checkpoint`` hook gives)."""
+    if _method_hooks(model) is not None:
+        official_flavour(model.cfg)
+        return atomic_save_torch(path, model.official_checkpoint())
     return atomic_save_torch(path, {"prompt_learner": official_state_dict(model)})
+
+
+def _registered_hooks() -> list[Any]:
+    """Detector classes of the registered non-ModelConfig methods that read an official format."""
+    from ..config import METHOD_CONFIGS, detector_class
+
+    out = []
+    for cls in dict.fromkeys(METHOD_CONFIGS.values()):
+        if cls is not ModelConfig:
+            det = detector_class(cls())
+            if hasattr(det, "recognises_official"):
+                out.append(det)
+    return out
 
 
 def infer_official_config(state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, Any]:
     """ModelConfig fields implied by an official state dict (method, lengths, deep depth/length)."""
+    for hooks in _registered_hooks():
+        if hooks.recognises_official(state):
+            return hooks.official_config(state, source)
     deep = sorted(int(k.split(".")[1]) for k in state if k.startswith("compound_prompts_text."))
     out: dict[str, Any] = {"deep_depth": len(deep) + 1 if deep else 0}
     if deep:
@@ -272,6 +309,14 @@ def import_official(model: GlocalDetector, obj_or_path: Any, source: str | None 
     re-export is identical); the token buffers are ignored (recomputed from our backbone). Wrong
     keys or shapes raise WeightsError naming the file and the config to build instead.
     """
+    hooks = _method_hooks(model)
+    if hooks is not None:  # another method's format: its detector reads the whole file
+        official_flavour(model.cfg)
+        if isinstance(obj_or_path, (str, os.PathLike)):
+            source, obj_or_path = str(obj_or_path), load_torch_file(obj_or_path)
+        _, source = official_state(obj_or_path, source)
+        model.load_official(obj_or_path, source)
+        return
     state, source = official_state(obj_or_path, source)
     flavour = official_flavour(model.cfg)
     ctx_map = GLOCAL_CTX if flavour == "glocalclip" else ANOMALY_CTX

@@ -83,7 +83,54 @@ def layer_aliases(feature_layers: Sequence[int], vv_start_layer: int | None, ali
     return [aliased[0] if i in aliased else i for i in range(n)]
 
 
-class GlocalDetector(nn.Module):
+class FrozenTowerDetector(nn.Module):
+    """What every detector on a frozen CLIP shares: ``clip`` (frozen, always in eval mode),
+    ``vision`` (its encoder: image size, grid, feature layers) and ``cfg.precision``."""
+
+    clip: nn.Module
+    vision: DualPathVisionEncoder
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.image_size
+
+    @property
+    def grid(self) -> int:
+        return self.vision.grid
+
+    @property
+    def feature_layers(self) -> tuple[int, ...]:
+        return self.vision.feature_layers
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    def train(self, mode: bool = True) -> FrozenTowerDetector:
+        """Only the prompt modules change mode; the frozen backbone always stays in eval."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast context of ``cfg.precision`` (nothing for fp32, the released precision)."""
+        return autocast(self.device, self.cfg.precision)
+
+    def _as_features(self, feats_or_images: VisionFeatures | torch.Tensor) -> VisionFeatures:
+        if isinstance(feats_or_images, VisionFeatures):
+            return feats_or_images.to(self.device, torch.float32)
+        return self.encode_image(feats_or_images)
+
+    def _training_batch(self, feats: VisionFeatures, labels: torch.Tensor, masks: torch.Tensor
+                        ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor]:
+        """A training batch on the model's device (features and masks float32); masks must be S x S."""
+        s = self.image_size
+        if masks.shape[-2:] != (s, s):
+            raise ValueError(f"masks of size {tuple(masks.shape[-2:])}, model image size {s}")
+        return feats.to(self.device, torch.float32), labels.to(self.device), masks.to(self.device, torch.float32)
+
+
+class GlocalDetector(FrozenTowerDetector):
     """Zero-shot anomaly detector on a frozen open_clip CLIP (see module docstring)."""
 
     def __init__(self, clip: nn.Module, cfg: ModelConfig, *, backbone: str | None = None,
@@ -136,30 +183,8 @@ class GlocalDetector(nn.Module):
 
     # ---- properties -------------------------------------------------------------------------
     @property
-    def image_size(self) -> int:
-        return self.vision.image_size
-
-    @property
-    def grid(self) -> int:
-        return self.vision.grid
-
-    @property
-    def feature_layers(self) -> tuple[int, ...]:
-        return self.vision.feature_layers
-
-    @property
     def prompt_names(self) -> tuple[str, ...]:
         return self.prompts.prompt_names
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.clip.parameters()).device
-
-    def train(self, mode: bool = True) -> GlocalDetector:
-        """Only the prompt modules change mode; the frozen backbone always stays in eval."""
-        super().train(mode)
-        self.clip.eval()
-        return self
 
     def prompt_parameters(self) -> list[nn.Parameter]:
         """Every trainable parameter (context vectors, then deep prompts); empty for zero-shot CLIP."""
@@ -167,10 +192,6 @@ class GlocalDetector(nn.Module):
         if self.deep is not None:
             params += self.deep.trainable()
         return params
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast context of ``cfg.precision`` (nothing for fp32, the released precision)."""
-        return autocast(self.device, self.cfg.precision)
 
     # ---- text -------------------------------------------------------------------------------
     def text_embeddings(self, class_name: str | None = None) -> torch.Tensor:
@@ -225,11 +246,6 @@ class GlocalDetector(nn.Module):
                 patch = encode_windows(self.vision.embed(images), self.clip.visual, self.grid,
                                        self.cfg.window_scales)
         return VisionFeatures(global_emb.float(), patch.float())
-
-    def _as_features(self, feats_or_images: VisionFeatures | torch.Tensor) -> VisionFeatures:
-        if isinstance(feats_or_images, VisionFeatures):
-            return feats_or_images.to(self.device, torch.float32)
-        return self.encode_image(feats_or_images)
 
     def _class_groups(self, n: int, class_names: Sequence[str] | None) -> Iterator[tuple[str | None, torch.Tensor]]:
         """(class name, image indices) groups; one group with the default name unless the method
@@ -335,12 +351,8 @@ class GlocalDetector(nn.Module):
         """
         if not self.prompt_parameters():
             raise ConfigError(f"method {self.cfg.method!r} is zero-shot: it has no prompt parameters to train")
-        feats = feats.to(self.device, torch.float32)
-        labels = labels.to(self.device)
-        masks = masks.to(self.device, torch.float32)
+        feats, labels, masks = self._training_batch(feats, labels, masks)
         s = self.image_size
-        if masks.shape[-2:] != (s, s):
-            raise ValueError(f"masks of size {tuple(masks.shape[-2:])}, model image size {s}")
         cfg = self.cfg
         parts = {k: [] for k in ("global", "local", "focal", "dice", "gcl")}
         weights = []
