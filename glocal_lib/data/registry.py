@@ -18,7 +18,6 @@ experiment registry, the stand-in generator, the converters). Adding a dataset i
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import pandas as pd
 
 from glocal_lib.errors import DataError
 from glocal_lib.io import read_yaml
+from glocal_lib.locate import first_dir
 
 ENV_VAR = "GLOCAL_MANIFESTS"
 PACKAGED_DIR = Path(__file__).resolve().parent / "manifests"
@@ -39,20 +39,7 @@ DOMAINS = ("industrial", "medical")
 
 def manifest_dir() -> Path:
     """The folder manifests are read from (see the module docstring for the order)."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        path = Path(env)
-        if not path.is_dir():
-            raise DataError(f"{ENV_VAR}={env} is not a folder; unset it or point it at a data_manifests/ copy.")
-        return path
-    if (REPO_DIR / "mvtec.yaml").is_file():
-        return REPO_DIR
-    if (PACKAGED_DIR / "mvtec.yaml").is_file():
-        return PACKAGED_DIR
-    raise DataError(
-        f"no dataset manifests found in {REPO_DIR} or {PACKAGED_DIR}; reinstall the package "
-        f"or set {ENV_VAR} to a folder of <key>.yaml manifests."
-    )
+    return first_dir(ENV_VAR, (REPO_DIR, PACKAGED_DIR), holding="*.yaml", what="dataset manifests", error=DataError)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ identical to the shared folder.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,32 +15,26 @@ import numpy as np
 import pandas as pd
 
 from glocal_lib.errors import ConfigError
+from glocal_lib.locate import find_file, first_dir
 
 PACKAGED_DIR = Path(__file__).with_name("paper")
 SIBLING_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "paper"
+ENV_VAR = "GLOCAL_PAPER_DIR"
 KEY_COLUMNS = ("table", "domain", "dataset", "category", "method", "level", "metric")
 
 
 def paper_dir() -> Path:
     """The folder the published values come from (see module docstring for the order)."""
-    env = os.environ.get("GLOCAL_PAPER_DIR")
-    if env:
-        path = Path(env)
-        if not path.is_dir():
-            raise ConfigError(f"GLOCAL_PAPER_DIR={env} is not a folder; unset it to use the packaged copy")
-        return path
-    if SIBLING_DIR.is_dir():
-        return SIBLING_DIR
-    return PACKAGED_DIR
+    return first_dir(ENV_VAR, (SIBLING_DIR, PACKAGED_DIR), holding="*.csv", what="published-value CSVs")
 
 
 def paper_file(name: str) -> Path:
     """Path of one transcription CSV; the packaged copy backs up a folder that lacks it."""
-    for folder in (paper_dir(), PACKAGED_DIR):
-        if (folder / name).is_file():
-            return folder / name
-    raise ConfigError(f"published-values file {name} not found in {paper_dir()} or {PACKAGED_DIR}; "
-                      "set GLOCAL_PAPER_DIR to the folder holding the paper CSVs")
+    found, searched = find_file(name, (paper_dir(), PACKAGED_DIR))
+    if found is None:
+        raise ConfigError(f"published-values file {name} not found (looked at: {', '.join(map(str, searched))}); "
+                          f"set {ENV_VAR} to the folder holding the paper CSVs")
+    return found
 
 
 @lru_cache(maxsize=32)

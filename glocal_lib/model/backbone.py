@@ -29,6 +29,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from glocal_lib.errors import ConfigError, WeightsError, describe_load_failure
 from glocal_lib.io import atomic_save_torch, sha256_file
+from glocal_lib.locate import env_dir, find_file
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_BACKBONES = ("glocal-tiny-24", "glocal-tiny-8")
@@ -115,16 +116,11 @@ def resolve_weights_path(
 ) -> Path:
     """Find a weight file: an existing path, else a name inside `weights_dir` or $GLOCAL_WEIGHTS_DIR."""
     path = Path(weights).expanduser()
-    searched = [path]
-    if path.is_file():
+    if path.is_file():  # before $GLOCAL_WEIGHTS_DIR is read: a path needs no folder
         return path
-    if not path.is_absolute():
-        for folder in (weights_dir, os.environ.get(WEIGHTS_DIR_ENV)):
-            if folder:
-                candidate = Path(folder).expanduser() / path
-                searched.append(candidate)
-                if candidate.is_file():
-                    return candidate
+    found, searched = find_file(path, (weights_dir, env_dir(WEIGHTS_DIR_ENV, error=WeightsError)), as_path=True)
+    if found is not None:
+        return found
     where = ", ".join(str(p) for p in searched)
     raise WeightsError(
         f"Backbone weight file '{weights}' not found (looked at: {where}). Pass an existing path or put the "
