@@ -23,6 +23,7 @@ from glocal_lib.metrics import (
     aupro,
     auroc,
     average_precision,
+    category_mean,
     category_metrics,
     cflow_curve,
     f1_max,
@@ -333,6 +334,15 @@ def test_category_metrics_mean_and_undefined_category() -> None:
     assert v[("mean", "image_auroc")] == v[("a", "image_auroc")]
     expected = (aupro(maps[:6], masks[:6]) + aupro(maps[6:], masks[6:])) / 2
     assert v[("mean", "aupro_cflow")] == pytest.approx(expected, abs=1e-12)
+
+
+def test_category_mean_skips_undefined_categories_like_nanmean() -> None:
+    by_cat = {"a": 0.25, "b": float("nan"), "c": None, "d": 0.75, "e": 0.5}
+    mean, left_out = category_mean(by_cat)
+    assert mean == pytest.approx(np.nanmean([0.25, np.nan, np.nan, 0.75, 0.5]), abs=1e-15)
+    assert left_out == ["b", "c"]
+    mean, left_out = category_mean({"a": float("nan")})
+    assert np.isnan(mean) and left_out == ["a"]
 
 
 def test_category_metrics_image_only_and_pixel_only_datasets() -> None:

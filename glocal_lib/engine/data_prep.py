@@ -110,27 +110,14 @@ def file_digests(root: Path, index: pd.DataFrame, memo_dir: Path | None = None) 
 
 
 def _manifest_eval_level(key: str) -> str | None:
-    """Evaluation level declared by the DATA manifest, if the manifest carries one."""
-    try:
-        from glocal_lib.data import load_manifest
-    except ImportError:
+    """The evaluation level the dataset's manifest declares (``both`` -> ``image-pixel``), or None for
+    a key without a manifest (an index made by hand), whose level the index decides."""
+    from glocal_lib.data.registry import DATASETS
+
+    if key not in DATASETS:
         return None
-    try:
-        manifest = load_manifest(key)
-    except Exception:  # noqa: BLE001 - the manifest is optional here; the index decides otherwise
-        return None
-    raw: Any = None
-    for name in ("eval_level", "eval", "evaluation", "level"):
-        raw = manifest.get(name) if isinstance(manifest, dict) else getattr(manifest, name, None)
-        if raw:
-            break
-    if not raw:
-        return None
-    text = str(raw).lower().replace("_", "-").replace("image-pixel-level", "image-pixel")
-    text = text.replace("-level", "").replace(" ", "")
-    if text in ("both", "image+pixel", "pixel-image"):
-        text = "image-pixel"
-    return text if text in EVAL_LEVELS else None
+    level = DATASETS[key].eval_level
+    return "image-pixel" if level == "both" else level
 
 
 def infer_eval_level(index: pd.DataFrame) -> str:

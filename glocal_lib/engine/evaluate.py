@@ -54,10 +54,8 @@ from glocal_lib.engine.runs import (
 )
 from glocal_lib.errors import ConfigError
 from glocal_lib.io import atomic_save_with, atomic_write_json, git_blob_id, stable_hash
+from glocal_lib.metrics.summary import IMAGE_METRICS, MEAN_ROW, PIXEL_METRICS, category_mean
 from glocal_lib.model.detector import autocast
-
-IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1max")
-PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro_cflow", "aupro_mvtec")
 
 
 @dataclass(frozen=True)
@@ -405,10 +403,10 @@ def _assemble(run_dir: Path, data: DataInfo, cats: list[str], samples: set[int],
     mean: dict[str, float] = {}
     n_defined: dict[str, int] = {}
     for m in names:
-        vals = [d[m] for d in per_cat.values() if m in d and not math.isnan(d[m])]
-        n_defined[m] = len(vals)
-        mean[m] = float(np.mean(vals)) if vals else float("nan")
-        metric_rows.append((data.key, "mean", m, mean[m]))
+        by_cat = {c: d[m] for c, d in per_cat.items() if m in d}
+        mean[m], left_out = category_mean(by_cat)
+        n_defined[m] = len(by_cat) - len(left_out)
+        metric_rows.append((data.key, MEAN_ROW, m, mean[m]))
     scores_df = pd.DataFrame(score_rows, columns=["image_path", "category", "label", "score"])
     atomic_save_with(run_dir / "scores.csv", lambda p: scores_df.to_csv(p, index=False))
     metrics_df = pd.DataFrame(metric_rows, columns=["dataset", "category", "metric", "value"])

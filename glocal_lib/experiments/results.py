@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from glocal_lib.experiments.registry import Candidate, Cell, EvalJob, TrainJob
+from glocal_lib.metrics.summary import MEAN_ROW, category_mean
 
 DATA_INDEX_DIR = "datasets"
 
@@ -131,9 +132,10 @@ class ResultStore:
         df = self.metrics(job)
         if df is None:
             return None
-        rows = df[(df["dataset"] == job.dataset) & (df["category"].astype(str) == "mean")]
-        if rows.empty:  # a run without a "mean" row: average its categories
-            rows = df[df["dataset"] == job.dataset].groupby("metric", as_index=False)["value"].mean()
+        rows = df[(df["dataset"] == job.dataset) & (df["category"].astype(str) == MEAN_ROW)]
+        if rows.empty:  # a run without a "mean" row: average its categories as the engine does
+            cats = df[df["dataset"] == job.dataset]
+            return {str(m): category_mean(dict(zip(g["category"], g["value"])))[0] for m, g in cats.groupby("metric")}
         return {str(m): float(v) for m, v in zip(rows["metric"], rows["value"])}
 
     def selection_score(self, values: dict[str, float]) -> float:

@@ -148,19 +148,24 @@ def category_metrics(
     return pd.DataFrame(rows, columns=["dataset", "category", "metric", "value"])
 
 
-def _mean(metric: str, by_category: Mapping[str, float]) -> float:
-    defined = {c: v for c, v in by_category.items() if np.isfinite(v)}
+def category_mean(by_category: Mapping[str, float | None]) -> tuple[float, list[str]]:
+    """The dataset value of one metric as the paper reports it: the mean over the categories where it
+    is defined (NaN when none is), and the categories left out (undefined: NaN or None)."""
+    defined = {c: float(v) for c, v in by_category.items() if v is not None and np.isfinite(v)}
     left_out = sorted(set(by_category) - set(defined))
+    return (float(np.mean(list(defined.values()))) if defined else float("nan")), left_out
+
+
+def _mean(metric: str, by_category: Mapping[str, float]) -> float:
+    mean, left_out = category_mean(by_category)
     if left_out:
         warnings.warn(
-            f"mean {metric} is over {len(defined)} of {len(by_category)} categories; undefined for "
-            f"{', '.join(left_out)}",
+            f"mean {metric} is over {len(by_category) - len(left_out)} of {len(by_category)} categories; "
+            f"undefined for {', '.join(left_out)}",
             UndefinedMetricWarning,
             stacklevel=3,
         )
-    if not defined:
-        return float("nan")
-    return float(np.mean(list(defined.values())))
+    return mean
 
 
 def explain_undefined(per_category: Mapping[str, Mapping[str, float | None]],
