@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 
 from glocal_lib.bench.machine import machine_info, median, timed
+from glocal_lib.config import PRECISIONS
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "smoke": {"backbone": "glocal-tiny-8", "image_size": 112, "train_rows": None, "eval_rows": None},
@@ -291,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--configs", default="smoke,balance", help="comma list of: smoke, balance, custom")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--backbone", default="ViT-L-14-336-quickgelu", help="backbone of the 'custom' config")
     p.add_argument("--image-size", type=int, default=518, help="image size of the 'custom' config")
     p.add_argument("--weights", default=None, help="weights of the 'custom' config (None: random)")

@@ -1,4 +1,4 @@
-"""Synthetic stand-ins for all 17 datasets, each written in that dataset's own on-disk layout.
+"""Synthetic stand-ins for every dataset with a manifest, each written in that dataset's own on-disk layout.
 
 None of the real datasets can be downloaded where this package is built and tested, yet most bugs in
 this family of code live in dataset preparation (sort-order pairing, stray files, odd extensions, mask

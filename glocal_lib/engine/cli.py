@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from glocal_lib.config import PRECISIONS
 from glocal_lib.engine.profiles import available_profiles, load_profile, parse_override
 
 
@@ -21,7 +22,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, help="input size in pixels (paper 518)")
     g.add_argument("--results", help="results root of this profile (default results/<profile>)")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ...")
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision (released: fp32)")
+    g.add_argument("--precision", choices=PRECISIONS, help="autocast precision (released: fp32)")
     g.add_argument("--batch-size", type=int, help="batch size (train: 8 as published; eval: any)")
     g.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any other profile field, e.g. --profile-set cache_dtype=fp32")

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from glocal_lib.config import PRECISIONS
 from glocal_lib.errors import ConfigError, GlocalError
 from glocal_lib.experiments.kernels import KERNEL_NAME, notebook_kernels, private_kernelspec
 from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, write_notebooks
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-root", help="where results/<profile> goes (default: the profile's)")
     p.add_argument("--data-root", help="dataset folder (paper) / stand-in folder (smoke)")
     p.add_argument("--device", help="cpu | cuda | cuda:1 (default: the profile's)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default: the profile's")
+    p.add_argument("--precision", choices=PRECISIONS, help="default: the profile's")
     p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds (default none)")
     p.add_argument("--pdf", action="store_true",
                    help="write every figure as PDF too (the paper profile does by default; same as "

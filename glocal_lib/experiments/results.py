@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from glocal_lib.experiments.registry import Candidate, Cell, EvalJob, TrainJob
+from glocal_lib.experiments.registry import REGISTRY_FILE, Candidate, Cell, EvalJob, TrainJob
+from glocal_lib.io import read_yaml
 from glocal_lib.metrics.summary import MEAN_ROW, category_mean
 
 DATA_INDEX_DIR = "datasets"
@@ -39,7 +40,8 @@ class ResultStore:
 
     def __init__(self, profile: Any, selection_metrics: list[str] | None = None) -> None:
         self.profile = profile
-        self.selection_metrics = selection_metrics or ["image_auroc", "image_ap", "pixel_auroc", "aupro_cflow"]
+        # default: experiments.yaml's lambda_selection_metrics (the one place that list is written)
+        self.selection_metrics = list(selection_metrics or read_yaml(REGISTRY_FILE)["lambda_selection_metrics"])
         self._cache: dict[Any, Any] = {}
 
     def refresh(self) -> None:

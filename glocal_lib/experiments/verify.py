@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from glocal_lib.config import PRECISIONS
 from glocal_lib.errors import ConfigError, GlocalError, WeightsError
 from glocal_lib.experiments import provenance as prov_mod
 from glocal_lib.experiments.paper_values import category_key, load_paper_table
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="evaluation batch size (scores are per image at any size)")
     p.add_argument("--results", help="results root (default: the profile's, e.g. results/paper)")
     p.add_argument("--image-size", type=int, help=f"input size (default {TEST_SH['image_size']}, as test.sh)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default fp32 (as test.py)")
+    p.add_argument("--precision", choices=PRECISIONS, help="default fp32 (as test.py)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
