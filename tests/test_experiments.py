@@ -20,7 +20,7 @@ import pytest
 from report_fakes import FakeProfile, FakeStore, fake_value, populate
 
 from glocal_lib.errors import ConfigError
-from glocal_lib.experiments import figures, paper_values, report, tables
+from glocal_lib.experiments import figures, kinds, paper_values, report, tables
 from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, make_notebook
 from glocal_lib.experiments.provenance import SMOKE_LABEL
 from glocal_lib.experiments.registry import load_registry
@@ -222,7 +222,7 @@ def _cell(df: pd.DataFrame, **kw: str) -> pd.Series:
 
 def test_comparison_table_puts_paper_beside_reproduced(fake_results: tuple) -> None:
     reg, store, root = fake_results
-    table = tables.TableBuilder(reg, store).build("T1")
+    table = kinds.build_table(reg, store, "T1")
     df = table.data
     # zero-shot CLIP on VisA: exactly one run, value from its metrics.csv mean row
     clip_visa = next(j for j in reg.plan(["T1"]).eval_jobs
@@ -251,7 +251,7 @@ def test_comparison_table_puts_paper_beside_reproduced(fake_results: tuple) -> N
 def test_winclip_is_reproduced_zero_shot_in_t1(fake_results: tuple) -> None:
     """WinCLIP: a zero-shot eval run (preset winclip, no training) per dataset, its value beside the published one."""
     reg, store, root = fake_results
-    table = tables.TableBuilder(reg, store).build("T1")
+    table = kinds.build_table(reg, store, "T1")
     df = table.data
     assert any(n.startswith("WinCLIP (smoke profile): shortcuts") for n in table.notes)  # printed under T1
     jobs = [j for j in reg.plan(["T1"]).eval_jobs if j.method_preset == "winclip"]
@@ -269,7 +269,7 @@ def test_winclip_is_reproduced_zero_shot_in_t1(fake_results: tuple) -> None:
 
 def test_lambda_selected_on_test_is_the_best_and_marked(fake_results: tuple) -> None:
     reg, store, root = fake_results
-    table = tables.TableBuilder(reg, store).build("T1")
+    table = kinds.build_table(reg, store, "T1")
     (cell,) = reg.cells_for(reg.method("GlocalCLIP"), "GlocalCLIP", "industrial", "main", ["visa"])
     metrics = ["image_auroc", "image_ap", "pixel_auroc", "aupro_cflow"]
 
@@ -287,7 +287,7 @@ def test_lambda_selected_on_test_is_the_best_and_marked(fake_results: tuple) -> 
 
 def test_ablation_table_domain_means_and_paper_rows(fake_results: tuple) -> None:
     reg, store, root = fake_results
-    table = tables.TableBuilder(reg, store).build("T7")
+    table = kinds.build_table(reg, store, "T7")
     cells = reg.cells_for(reg.variant("anchor_local"), "anchor_local", "industrial", "ablation")
     expected = np.mean([100 * np.mean([fake_value(c.candidates[0].job.name, cat, "image_ap")
                                        for cat in ("candle", "pcb1")]) for c in cells])
@@ -300,9 +300,10 @@ def test_ablation_table_domain_means_and_paper_rows(fake_results: tuple) -> None
 
 def test_every_table_writes_csv_md_html_with_provenance_and_smoke_label(fake_results: tuple) -> None:
     reg, store, root = fake_results
-    indexes = {"sdd": pd.DataFrame({"image_path": ["a", "b", "c"], "category": ["x", "x", "x"],
-                                    "label": [0, 1, 1], "split": ["test"] * 3})}
-    built = tables.build_tables(reg, store, None, root / "tables", indexes)
+    (root / "datasets").mkdir(parents=True, exist_ok=True)  # what notebook 00_data records
+    pd.DataFrame({"image_path": ["a", "b", "c"], "category": ["x", "x", "x"], "label": [0, 1, 1],
+                  "split": ["test"] * 3}).to_csv(root / "datasets" / "sdd.csv", index=False)
+    built = kinds.build_tables(reg, store, None, root / "tables")
     assert sorted(built) == sorted(TABLE_IDS)
     for aid in TABLE_IDS:
         for ext in ("csv", "md", "html"):
@@ -326,7 +327,7 @@ def test_every_table_writes_csv_md_html_with_provenance_and_smoke_label(fake_res
 
 def test_te_per_category_uses_anomalyclip_appendix(fake_results: tuple) -> None:
     reg, store, root = fake_results
-    df = tables.TableBuilder(reg, store).build("TE").data
+    df = kinds.build_table(reg, store, "TE").data
     row = _cell(df, row="AnomalyCLIP", dataset="MVTec AD", category="metal_nut", metric="pixel_auroc")
     paper = paper_values.load_paper_table("anomalyclip_appendix_mvtec_per_category.csv")
     pub = paper[(paper["method"] == "AnomalyCLIP") & (paper["category"] == "Metal nut")
@@ -338,7 +339,7 @@ def test_te_per_category_uses_anomalyclip_appendix(fake_results: tuple) -> None:
 
 def test_tx_compares_released_and_paper_text(fake_results: tuple) -> None:
     reg, store, root = fake_results
-    df = tables.TableBuilder(reg, store).build("TX").data
+    df = kinds.build_table(reg, store, "TX").data
     sections = list(dict.fromkeys(df["section"]))
     assert len(sections) == 4 and any("cflow" in s for s in sections)
     sub = df[(df["section"] == sections[0]) & (df["dataset"] == "VisA") & (df["metric"] == "image_auroc")]
@@ -351,7 +352,7 @@ def test_missing_runs_are_reported_not_invented(tmp_path: Path) -> None:
     reg = load_registry(profile="smoke")
     store = FakeStore(FakeProfile("smoke", tmp_path))
     populate(reg, store, ["T7"], skip={j.name for j in reg.plan(["T7"]).eval_jobs if "anchorlocal" in j.name})
-    df = tables.TableBuilder(reg, store).build("T7").data
+    df = kinds.build_table(reg, store, "T7").data
     assert df[df["row"] == "LSP anchor"]["reproduced"].isna().all()
     assert df[df["row"] != "LSP anchor"]["reproduced"].notna().all()
 
@@ -360,7 +361,7 @@ def test_missing_runs_are_reported_not_invented(tmp_path: Path) -> None:
 def test_figures_png_pdf_with_provenance(fake_results: tuple) -> None:
     reg, store, root = fake_results
     ids = ["F3", "F4", "F5", "F9", "F11", "F12", "F36"]  # UMAP (F6-F8): test_umap_figure (slow: numba JIT)
-    figures.build_figures(reg, store, ids, root / "figures")
+    kinds.build_figures(reg, store, ids, root / "figures")
     for aid in ids:
         png, pdf = root / "figures" / f"{aid}.png", root / "figures" / f"{aid}.pdf"
         assert png.stat().st_size > 5000 and pdf.stat().st_size > 2000
@@ -372,7 +373,7 @@ def test_figures_png_pdf_with_provenance(fake_results: tuple) -> None:
 @pytest.mark.slow
 def test_umap_figure_draws_every_epoch(fake_results: tuple) -> None:
     reg, store, root = fake_results
-    figures.build_figures(reg, store, ["F8"], root / "figures")
+    kinds.build_figures(reg, store, ["F8"], root / "figures")
     prov = json.loads((root / "figures" / "F8.provenance.json").read_text())
     assert len(prov["run_ids"]) == len(reg.umap_train_jobs("F8")) == 4  # ClinicDB + ColonDB x lambda {1, 0}
     assert (root / "figures" / "F8.png").stat().st_size > 5000

@@ -13,7 +13,7 @@ from matplotlib.transforms import Bbox
 from report_fakes import FakeProfile, FakeStore, populate
 
 from glocal_lib.data.registry import load_manifest
-from glocal_lib.experiments import figures
+from glocal_lib.experiments import figures, kinds
 from glocal_lib.experiments.registry import load_registry
 
 
@@ -24,14 +24,13 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> Any:
     reg = load_registry(profile="smoke")
     store = FakeStore(FakeProfile("smoke", root))
     populate(reg, store, ["F4", "F5", "F8", "F9", "F36"])
-    builder = figures.FigureBuilder(reg, store)
     caught: dict[str, Any] = {}
 
     def draw(aid: str) -> Any:
         mp = pytest.MonkeyPatch()
         mp.setattr(figures, "save_figure", lambda fig, *a, **k: caught.update(fig=fig) or [])
         try:
-            builder.build(aid, root / "figures")
+            kinds.build_figure(reg, store, aid, root / "figures")
         finally:
             mp.undo()
         fig = caught["fig"]

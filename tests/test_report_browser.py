@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from report_fakes import FakeProfile, FakeStore, populate
 
-from glocal_lib.experiments import figures, report, tables
+from glocal_lib.experiments import kinds, report
 from glocal_lib.experiments.provenance import SMOKE_LABEL
 from glocal_lib.experiments.registry import load_registry
 
@@ -63,8 +63,8 @@ def build_fake_site(root: Path) -> Path:
     profile = FakeProfile("smoke", root)
     store = FakeStore(profile)
     populate(reg, store)
-    tables.build_tables(reg, store, ["T1", "T3", "TX"], root / "tables")
-    figures.build_figures(reg, store, ["F3", "F5", "F9"], root / "figures")
+    kinds.build_tables(reg, store, ["T1", "T3", "TX"], root / "tables")
+    kinds.build_figures(reg, store, ["F3", "F5", "F9"], root / "figures")
     return report.build_index(reg, root, profile)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from glocal_lib.experiments.kinds import kind_of
 from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER
 from glocal_lib.experiments.provenance import SMOKE_LABEL
 from glocal_lib.experiments.registry import load_registry
@@ -23,8 +24,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not RESULTS, reason="set GLOCAL_SMOKE_RESULTS=results/smoke after `glocal reproduce --profile smoke`"),
 ]
-TABLE_KINDS = {"comparison_table", "ablation_table", "per_category_table", "released_vs_paper", "dataset_stats",
-               "released_checkpoint"}
 
 
 def _root() -> Path:
@@ -35,7 +34,7 @@ def _root() -> Path:
 
 def _artifacts() -> list[tuple[str, bool]]:
     reg = load_registry(profile="smoke")
-    return [(aid, art["kind"] in TABLE_KINDS) for aid, art in reg.artifacts.items()]
+    return [(aid, kind_of(reg, aid).output == "table") for aid in reg.artifacts]
 
 
 @pytest.mark.parametrize(("aid", "is_table"), _artifacts(), ids=[a for a, _ in _artifacts()])

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from glocal_lib.errors import RunError
-from glocal_lib.experiments import figures as figures_mod
+from glocal_lib.experiments import kinds
 from glocal_lib.experiments import report as report_mod
 from glocal_lib.experiments import tables as tables_mod
 from glocal_lib.experiments.parameters import name_list
@@ -163,15 +163,24 @@ class Reproduction:
         """Tables over every dataset and method they cover (not only this invocation's --datasets/--methods):
         finished runs from earlier subsets stay in, runs never made show as missing. `data` (notebook
         00_data) is recorded first; T5 is drawn from the recorded indexes."""
-        registry = self.registry.unfiltered()
         if data is not None:
             self.record_data_indexes(data)
-        t5 = registry.artifacts.get("T5", {}).get("datasets", [])
-        indexes = {k: idx for k in t5 if (idx := self.store.data_index(k)) is not None}
-        return tables_mod.build_tables(registry, self.store, ids, self.tables_dir, indexes)
+        return kinds.build_tables(self.registry.unfiltered(), self.store, ids, self.tables_dir)
 
     def build_figures(self, ids: Sequence[str]) -> dict[str, list[Path]]:
-        return figures_mod.build_figures(self.registry, self.store, ids, self.figures_dir)
+        return kinds.build_figures(self.registry, self.store, ids, self.figures_dir)
+
+    def draw_artifact(self, artifact_id: str) -> Any:
+        """Draw one artifact from the saved runs, write its files and return it for inline display
+        (a table shows as Markdown, a figure as its PNG; RC, drawn with its check, returns None)."""
+        from IPython.display import Image
+
+        reg = self.registry.unfiltered() if kinds.kind_of(self.registry, artifact_id).output == "table" \
+            else self.registry
+        drawn = kinds.draw(artifact_id, reg, self.store, tables_dir=self.tables_dir, figures_dir=self.figures_dir)
+        if isinstance(drawn, list):
+            return Image(filename=str(self.figures_dir / f"{artifact_id}.png"))
+        return drawn
 
     def build_index(self) -> Path:
         return report_mod.build_index(self.registry, self.root, self.profile)

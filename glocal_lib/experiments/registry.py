@@ -381,49 +381,10 @@ class Registry:
 
     # --- artifact -> cells / jobs
     def artifact_cells(self, artifact_id: str) -> list[Cell]:
-        """Every cell (row x dataset) an artifact draws; empty for data-only artifacts (T5)."""
-        art = self.artifact(artifact_id)
-        kind = art["kind"]
-        cells: list[Cell] = []
-        if kind in ("comparison_table", "per_category_table", "method_gallery"):
-            wanted = [d for d in art["datasets"] if self.keep(d)]
-            domains = [art["domain"]] if "domain" in art else sorted({self.domain_of(d) for d in wanted})
-            for m in self.methods_of(art):
-                for dom in domains:
-                    cells += self.cells_for(self.method(m), m, dom, "main", wanted)
-        elif kind == "ablation_table":
-            for dom in art["domains"]:
-                for row in art["rows"]:
-                    cells += self.cells_for(self.variant(row["variant"]), row["variant"], dom, "ablation")
-        elif kind == "released_vs_paper":
-            names = {s[k] for s in art["sections"] for k in ("a", "b")}
-            for dom in art["domains"]:
-                for v in sorted(names):
-                    cells += self.cells_for(self.variant(v), v, dom, "ablation")
-        elif kind == "variant_gallery":
-            for col in art["columns"]:
-                for dom in ("industrial", "medical"):
-                    cells += self.cells_for(self.variant(col["variant"]), col["variant"], dom, "ablation")
-        elif kind == "sweep_curves":
-            for dom in art["domains"]:
-                for panel in art["panels"]:
-                    for v, train, entry in self.sweep_entries(panel, dom):
-                        for ds in dict(self.protocol("ablation", dom)).get(train, []):
-                            cands, select = self.candidates(entry, train, ds)
-                            cells.append(Cell(f"{panel}={v}", dom, train, ds, tuple(cands), select))
-        elif kind in ("score_distribution", "category_gallery"):
-            datasets = art.get("datasets") or [art["dataset"]]
-            for ds in datasets:
-                pair = self.main_pair_for(ds) if self.keep(ds) else None
-                if pair is None:
-                    continue
-                dom, train = pair
-                cells += self.cells_for(self.method(art["method"]), art["method"], dom, "main", [ds])
-        elif kind in ("umap", "dataset_stats", "released_checkpoint"):
-            pass
-        else:
-            raise ConfigError(f"{self.source}: artifact {artifact_id} has unknown kind {kind!r}")
-        return cells
+        """Every cell (row x dataset) an artifact draws, as its kind declares (empty for T5, UMAP, RC)."""
+        from glocal_lib.experiments.kinds import kind_of
+
+        return kind_of(self, artifact_id).cells(self, artifact_id, self.artifact(artifact_id))
 
     def umap_train_jobs(self, artifact_id: str) -> list[tuple[str, TrainJob]]:
         """(panel label, train job) for a UMAP figure: every lambda of the selected preset's grid."""
@@ -464,16 +425,15 @@ class Registry:
         """Deduplicated jobs for the artifacts (all when None, none for []), in registry order."""
         ids = self.expand_ids(artifact_ids)
         plan = Plan(artifacts=ids)
+        from glocal_lib.experiments.kinds import kind_of
+
         for aid in ids:
-            for cell in self.artifact_cells(aid):
+            kind = kind_of(self, aid)
+            for cell in kind.cells(self, aid, self.artifact(aid)):
                 for cand in cell.candidates:
                     plan.add_eval(cand.job)
-            if self.artifact(aid)["kind"] == "umap":
-                for _, tj in self.umap_train_jobs(aid):
-                    plan.add_train(tj)
-            if self.artifact(aid)["kind"] == "released_checkpoint":
-                for _, tj in self.standin_train_jobs(aid):
-                    plan.add_train(tj)
+            for tj in kind.train_jobs(self, aid, self.artifact(aid)):
+                plan.add_train(tj)
         return plan
 
     def notebook_artifacts(self, notebook: str) -> list[str]:
@@ -512,7 +472,11 @@ def load_registry(path: str | Path | None = None, **kwargs: Any) -> Registry:
     if unknown:
         raise ConfigError(f"{path}: dataset key(s) {unknown} in protocols have no manifest; add "
                           f"data_manifests/<key>.yaml (README: Adding a dataset) or use one of {', '.join(DATASETS)}")
-    return Registry(data, source=str(path), **kwargs)
+    from glocal_lib.experiments.kinds import check_artifacts
+
+    registry = Registry(data, source=str(path), **kwargs)
+    check_artifacts(registry)  # every artifact names a registered kind and has the keys it reads
+    return registry
 
 
 def _protocol_datasets(data: dict[str, Any]) -> set[str]:

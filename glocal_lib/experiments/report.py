@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from glocal_lib.experiments import provenance as prov_mod
+from glocal_lib.experiments.kinds import kind_of
 from glocal_lib.experiments.registry import Registry
 from glocal_lib.io import atomic_write_text
 
@@ -43,7 +44,7 @@ def _prov(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _card(root: Path, aid: str, art: dict[str, Any], is_table: bool) -> tuple[str, bool]:
+def _card(reg: Registry, root: Path, aid: str, art: dict[str, Any], is_table: bool) -> tuple[str, bool]:
     folder = TABLES_DIR if is_table else FIGURES_DIR
     prov = _prov(root / folder / f"{aid}.provenance.json")
     exts = ("html", "md", "csv") if is_table else ("png", "pdf")
@@ -61,7 +62,7 @@ def _card(root: Path, aid: str, art: dict[str, Any], is_table: bool) -> tuple[st
         meta += f"<br><span title='{html.escape(', '.join(prov['run_ids']))}'>runs: {runs or '—'}</span>"
     else:
         meta = "<span class='missing'>not generated yet</span>"
-    headline = _headline(root / folder / f"{aid}.csv") if is_table and art["kind"] == "comparison_table" else ""
+    headline = _headline(root / folder / f"{aid}.csv") if is_table and kind_of(reg, aid).headline else ""
     body = (f"<div class='card' id='{html.escape(aid)}' data-artifact='{html.escape(aid)}'>"
             f"<h3><span class='id'>{html.escape(aid)}</span> {html.escape(art.get('title', ''))}</h3>"
             f"{thumb}{headline}<div class='links'>{links or '<span class=missing>missing</span>'}</div>"
@@ -92,13 +93,12 @@ def build_index(registry: Registry, root: str | Path, profile: Any, title: str =
     root = Path(root)
     banner = prov_mod.banner_for(profile)
     arts = registry.artifacts
-    from glocal_lib.experiments.tables import TABLE_KINDS as table_kinds
-
     table_cards, figure_cards, n_present = [], [], 0
     for aid, art in arts.items():
-        card, present = _card(root, aid, art, art["kind"] in table_kinds)
+        is_table = kind_of(registry, aid).output == "table"
+        card, present = _card(registry, root, aid, art, is_table)
         n_present += present
-        (table_cards if art["kind"] in table_kinds else figure_cards).append(card)
+        (table_cards if is_table else figure_cards).append(card)
     notebooks = sorted((root / NOTEBOOKS_DIR).glob("*.ipynb")) if (root / NOTEBOOKS_DIR).is_dir() else []
     # nb.INCOMPLETE.ipynb is the one executing now (this index is drawn by the last notebook): it is
     # renamed nb.ipynb when it finishes; nb.FAILED / nb.INTERRUPTED keep their names, shown as such

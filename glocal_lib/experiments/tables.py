@@ -1,6 +1,7 @@
 """Tables from saved run outputs: reproduced value, published value and difference in every cell.
 
-Each table is built as one long DataFrame (one row per cell and metric: reproduced, paper, diff,
+The table kinds (glocal_lib/experiments/kinds/) fill the rows; this module holds the long form and
+its renderings. Each table is built as one long DataFrame (one row per cell and metric: reproduced, paper, diff,
 the runs and the lambda selection) and written three ways: CSV (the long form, machine-readable),
 Markdown and HTML (pivoted like the paper). Every file starts with its provenance; smoke outputs say
 "synthetic data, random model — not paper results" at the top.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glocal_lib.errors import ConfigError
 from glocal_lib.experiments import provenance as prov_mod
-from glocal_lib.experiments.paper_values import category_key, load_paper_table, lookup
-from glocal_lib.experiments.registry import Cell, Registry
-from glocal_lib.experiments.results import CellResult, ResultStore
+from glocal_lib.experiments.registry import Registry
+from glocal_lib.experiments.results import CellResult
 from glocal_lib.io import atomic_write_json, atomic_write_text
 
 METRIC_LABELS = {
@@ -38,9 +36,6 @@ LEGEND = ("each cell: reproduced / published (reproduced − published); — = n
 MISSING_NOTE = "not run yet"
 SELECTION_NAN_NOTE = "a selection metric undefined on a run (NaN) is left out of its mean, not counted"
 MARK = "†"
-# artifact kinds drawn as tables (released_checkpoint = RC, built by experiments.verify)
-TABLE_KINDS = frozenset({"comparison_table", "ablation_table", "per_category_table", "released_vs_paper",
-                         "dataset_stats", "released_checkpoint"})
 DIFF_NOTE = "difference of the two settings (B − A)"
 
 
@@ -61,9 +56,13 @@ class Table:
     def run_ids(self) -> list[str]:
         return self.provenance["run_ids"]
 
+    def _repr_markdown_(self) -> str:  # a notebook cell ending in a table shows it
+        return to_markdown(self)
+
 
 # ----------------------------------------------------------------------------------- builders
-def _row(artifact: str, **kw: Any) -> dict[str, Any]:
+def long_row(artifact: str, **kw: Any) -> dict[str, Any]:
+    """One row of a table's long form (LONG_COLUMNS); the difference is computed where both values exist."""
     row = dict.fromkeys(LONG_COLUMNS, "")
     row.update(artifact=artifact, reproduced=np.nan, paper=np.nan, diff=np.nan, selected_lambda=np.nan,
                lambda_selected_on_test=False)
@@ -73,270 +72,32 @@ def _row(artifact: str, **kw: Any) -> dict[str, Any]:
     return row
 
 
-def _pct(values: dict[str, float], metric: str) -> float:
+def pct(values: dict[str, float], metric: str) -> float:
+    """A run's metric (a fraction) in percent, NaN when the run has no value for it."""
     v = values.get(metric, float("nan"))
     return float(v) * 100.0 if v is not None and not math.isnan(float(v)) else float("nan")
 
 
-class TableBuilder:
-    """Builds every table kind of the registry from a ResultStore (saved runs only)."""
-
-    def __init__(self, registry: Registry, store: ResultStore) -> None:
-        self.reg = registry
-        self.store = store
-        self.metrics: list[str] = list(registry.data["table_metrics"])
-        self._run_ids: list[str] = []
-        self._presets: set[str] = set()
-        self._notes: list[str] = []
-
-    def _paper_metric(self, metric: str) -> tuple[str, str | None]:
-        info = self.reg.data["metrics"][metric]
-        return info["level"], info["paper"]
-
-    def _cell_values(self, cell: Cell) -> CellResult:
-        res = self.store.cell(cell)
-        self._run_ids += res.run_ids
-        for c in cell.candidates:
-            self._presets.add(c.job.method_preset)
-        return res
-
-    def build(self, artifact_id: str, data_indexes: dict[str, pd.DataFrame] | None = None) -> Table:
-        art = self.reg.artifact(artifact_id)
-        self._run_ids, self._presets, self._notes = [], set(), []
-        kind = art["kind"]
-        if kind == "comparison_table":
-            rows, index, columns, group = self._comparison(artifact_id, art), ["dataset"], ["row", "metric"], None
-        elif kind == "ablation_table":
-            rows, index, columns, group = self._ablation(artifact_id, art), ["row"], ["domain", "metric"], None
-        elif kind == "per_category_table":
-            rows, index, columns, group = self._per_category(artifact_id, art), ["category"], ["row", "metric"], "dataset"
-        elif kind == "released_vs_paper":
-            rows, index, columns, group = self._released_vs_paper(artifact_id, art), ["dataset"], ["row", "metric"], "section"
-        elif kind == "dataset_stats":
-            if data_indexes is None:
-                raise ConfigError("T5 is built from the data indexes: pass data_indexes (notebook 00_data)")
-            rows, index, columns, group = self._dataset_stats(artifact_id, art, data_indexes), ["dataset"], ["metric"], None
-        else:
-            raise ConfigError(f"artifact {artifact_id} ({kind}) is a figure, not a table")
-        df = pd.DataFrame(rows, columns=LONG_COLUMNS)
-        notes = list(dict.fromkeys(self._notes + _paper_notes(art)))
-        sources = _paper_sources(art)
-        prov = prov_mod.build(artifact_id, art["title"], profile=self.store.profile,
-                              glocal_preset=self.reg.glocal_preset, presets=sorted(self._presets),
-                              run_ids=self._run_ids, runs_commit=self.store.commit_of(self._run_ids),
-                              sources=sources, notes=notes)
-        return Table(artifact_id, art["title"], df, index, columns, prov, group, notes)
-
-    def _source_note(self, method: str, entry: dict[str, Any]) -> None:
-        """'<method>: preset <p> = <source>' for presets that say where their setting comes from."""
-        from glocal_lib.config import preset_info
-
-        if entry.get("reproduced", True) is False:
-            return
-        preset = self.reg.resolve_preset(str(entry["preset"]))
-        source = preset_info(preset).get("source")
-        if source:
-            self._notes.append(f"{method}: preset {preset} = {' '.join(str(source).split())}")
-
-    # --- T1 / T2
-    def _comparison(self, aid: str, art: dict[str, Any]) -> list[dict[str, Any]]:
-        paper_cfg = art["paper"]
-        paper = load_paper_table(paper_cfg["file"])
-        domain = art["domain"]
-        datasets = [d for d in art["datasets"] if self.reg.keep(d)]
-        out = []
-        for method in self.reg.methods_of(art):
-            entry = self.reg.method(method)
-            cells = {c.dataset: c for c in self.reg.cells_for(entry, method, domain, "main", datasets)}
-            per_metric: dict[str, list[float]] = {m: [] for m in self.metrics}
-            if entry.get("reproduced", True) is False:
-                self._notes.append(f"{method}: {entry.get('reason', 'not reproduced')}")
-            self._source_note(method, entry)
-            for ds in datasets:
-                res = self._cell_values(cells[ds]) if ds in cells else CellResult(missing=True)
-                for m in self.metrics:
-                    level, pm = self._paper_metric(m)
-                    pv = lookup(paper, table=paper_cfg["table"], domain=domain, dataset=self.reg.dataset_name(ds),
-                                method=method, level=level, metric=pm)
-                    rv = _pct(res.values, m)
-                    if not math.isnan(rv):
-                        per_metric[m].append(rv)
-                    out.append(_row(aid, domain=domain, row=method, dataset=self.reg.dataset_name(ds), metric=m,
-                                    reproduced=rv, paper=pv, selected_lambda=_lam(res),
-                                    lambda_selected_on_test=res.select_on_test,
-                                    run_ids=" ".join(res.run_ids),
-                                    note=MISSING_NOTE if res.missing and entry.get("reproduced", True) else ""))
-            for m in self.metrics:
-                level, pm = self._paper_metric(m)
-                pv = lookup(paper, table=paper_cfg["table"], domain=domain, dataset="Mean", method=method,
-                            level=level, metric=pm)
-                vals = per_metric[m]
-                out.append(_row(aid, domain=domain, row=method, dataset="Mean", metric=m,
-                                reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv,
-                                note=f"mean over {len(vals)} datasets"))
-            if entry.get("lambda") == "select" and self.reg.glocal_preset == "glocalclip-released":
-                self._notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
-        self._notes += self.reg.method_notes(self.reg.methods_of(art))
-        return out
-
-    # --- T3, T4, T6-T10, TA
-    def _ablation(self, aid: str, art: dict[str, Any]) -> list[dict[str, Any]]:
-        paper_cfg = art.get("paper") or {}
-        paper = load_paper_table(paper_cfg["file"]) if paper_cfg.get("file") else None
-        out = []
-        for dom in art["domains"]:
-            for row in art["rows"]:
-                vname = row["variant"]
-                label = _row_label(self.reg, row)
-                cells = self.reg.cells_for(self.reg.variant(vname), vname, dom, "ablation")
-                results = [self._cell_values(c) for c in cells]
-                ok = [r for r in results if not r.missing]
-                for m in self.metrics:
-                    level, pm = self._paper_metric(m)
-                    vals = [v for v in (_pct(r.values, m) for r in ok) if not math.isnan(v)]
-                    pv = (lookup(paper, table=paper_cfg["table"], domain=dom, dataset="Mean",
-                                 method=row.get("paper_label"), level=level, metric=pm)
-                          if paper is not None and row.get("paper_label") else np.nan)
-                    note = f"mean over {len(vals)} of {len(cells)} evaluated datasets" if cells else "no runs"
-                    out.append(_row(aid, domain=dom, row=label, dataset="Mean", metric=m,
-                                    reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv,
-                                    run_ids=" ".join(i for r in ok for i in r.run_ids), note=note))
-        prot = self.reg.data["profiles"][self.reg.profile]["ablation_protocol"]
-        self._notes.append(f"domain means over the '{prot}' protocol: " + "; ".join(
-            f"{d}: " + ", ".join(f"{t}->{'/'.join(e)}" for t, e in self.reg.protocol("ablation", d))
-            for d in art["domains"]))
-        if any(self.reg.variant(r["variant"]).get("lambda") not in (None, "select") for r in art["rows"]):
-            self._notes.append("ablation variants train with a fixed lambda (see the variant); the lambda "
-                               "picked on test data appears only in T1/T2/TX")
-        return out
-
-    # --- TE
-    def _per_category(self, aid: str, art: dict[str, Any]) -> list[dict[str, Any]]:
-        files = (art.get("paper") or {}).get("files", {})
-        out = []
-        self._notes += self.reg.method_notes(self.reg.methods_of(art))
-        for ds in [d for d in art["datasets"] if self.reg.keep(d)]:
-            pair = self.reg.main_pair_for(ds)
-            if pair is None:
-                continue
-            dom, _ = pair
-            paper = load_paper_table(files[ds]) if ds in files else None
-            for method in self.reg.methods_of(art):
-                entry = self.reg.method(method)
-                cells = self.reg.cells_for(entry, method, dom, "main", [ds])
-                if not cells:
-                    continue
-                self._source_note(method, entry)
-                res = self.store.cell(cells[0], per_category=True)
-                self._run_ids += res.run_ids
-                self._presets |= {c.job.method_preset for c in cells[0].candidates}
-                cats = res.per_category if res.per_category is not None else pd.DataFrame(
-                    columns=["category", "metric", "value"])
-                categories = list(dict.fromkeys(cats["category"].astype(str)))
-                for cat in categories + ["mean"]:
-                    for m in self.metrics:
-                        level, pm = self._paper_metric(m)
-                        if cat == "mean":
-                            rv = _pct(res.values, m)
-                        else:
-                            hit = cats[(cats["category"].astype(str) == cat) & (cats["metric"] == m)]["value"]
-                            rv = float(hit.iloc[0]) * 100 if len(hit) and not pd.isna(hit.iloc[0]) else np.nan
-                        pv = np.nan
-                        if paper is not None:
-                            sub = paper[(paper["method"] == method) & (paper["level"] == level) & (paper["metric"] == pm)]
-                            key = "mean" if cat == "mean" else category_key(cat)
-                            hit = sub[sub["category_key"] == key]["value"]
-                            pv = float(hit.iloc[0]) if len(hit) else np.nan
-                        out.append(_row(aid, section=self.reg.dataset_name(ds), domain=dom, row=method,
-                                        dataset=self.reg.dataset_name(ds), category=cat, metric=m, reproduced=rv,
-                                        paper=pv, selected_lambda=_lam(res),
-                                        lambda_selected_on_test=res.select_on_test,
-                                        run_ids=" ".join(res.run_ids)))
-        return out
-
-    # --- TX
-    def _released_vs_paper(self, aid: str, art: dict[str, Any]) -> list[dict[str, Any]]:
-        pcfg = art["paper"]
-        paper = load_paper_table(pcfg["file"])
-        out = []
-        for sec in art["sections"]:
-            la, lb = self.reg.variant_label(sec["a"]), self.reg.variant_label(sec["b"])
-            ma, mb = sec.get("metric_a"), sec.get("metric_b")
-            if sec["name"] == "aupro":
-                la, lb = "AUPRO cflow (released approximation)", "AUPRO MVTec-official"
-            for dom in art["domains"]:
-                ca = self.reg.cells_for(self.reg.variant(sec["a"]), sec["a"], dom, "ablation")
-                cb = {c.dataset: c for c in self.reg.cells_for(self.reg.variant(sec["b"]), sec["b"], dom, "ablation")}
-                for cell_a in ca:
-                    ra, rb = self._cell_values(cell_a), self._cell_values(cb[cell_a.dataset])
-                    name = self.reg.dataset_name(cell_a.dataset)
-                    metrics = [ma] if ma else self.metrics
-                    for m in metrics:
-                        mb_ = mb or m
-                        level, pm = self._paper_metric(m)
-                        pv = lookup(paper, table=pcfg["table"], domain=dom, dataset=name, method=pcfg["method"],
-                                    level=level, metric=pm)
-                        va, vb = _pct(ra.values, m), _pct(rb.values, mb_)
-                        label_m = "PRO" if sec["name"] == "aupro" else m
-                        common = dict(section=sec["title"], domain=dom, dataset=name, metric=label_m)
-                        out.append(_row(aid, row=f"A: {la}", reproduced=va, paper=pv, selected_lambda=_lam(ra),
-                                        lambda_selected_on_test=ra.select_on_test, run_ids=" ".join(ra.run_ids),
-                                        **common))
-                        out.append(_row(aid, row=f"B: {lb}", reproduced=vb, paper=pv, selected_lambda=_lam(rb),
-                                        lambda_selected_on_test=rb.select_on_test, run_ids=" ".join(rb.run_ids),
-                                        **common))
-                        out.append(_row(aid, row="B − A", reproduced=vb - va, note=DIFF_NOTE,
-                                        **common))
-        self._notes.append(f"published column = {pcfg['method']} in {pcfg['file']} ({pcfg['table']}), "
-                           "the released script's best-lambda-on-test numbers")
-        self._notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
-        return out
-
-    # --- T5
-    def _dataset_stats(self, aid: str, art: dict[str, Any], indexes: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
-        pcfg = art["paper"]
-        paper = load_paper_table(pcfg["file"])
-        out = []
-        for ds in [d for d in art["datasets"] if self.reg.keep(d)]:
-            name = self.reg.dataset_name(ds)
-            pub = paper[paper["dataset"] == name]
-            idx = indexes.get(ds)
-            if idx is not None and "split" in idx.columns:
-                idx = idx[idx["split"] == "test"]
-            repro = ({} if idx is None else
-                     {"categories": float(idx["category"].nunique()),
-                      "test_normal": float((idx["label"].astype(int) == 0).sum()),
-                      "test_anomalous": float((idx["label"].astype(int) == 1).sum())})
-            for m, col in (("categories", "num_subsets"), ("test_normal", "test_normal"),
-                           ("test_anomalous", "test_anomalous")):
-                pv = float(pub[col].iloc[0]) if len(pub) and str(pub[col].iloc[0]).strip() else np.nan
-                out.append(_row(aid, domain=self.reg.domain_of(ds), row="count", dataset=name, metric=m,
-                                reproduced=repro.get(m, np.nan), paper=pv,
-                                note="" if idx is not None else "missing: no data index; run notebook 00_data "
-                                "(glocal reproduce --only T5)"))
-        return out
-
-
-def _lam(res: CellResult) -> float:
+def lam_of(res: CellResult) -> float:
+    """The lambda a cell's value comes from (NaN: none was selected)."""
     return float(res.selected_lambda) if res.selected_lambda is not None else np.nan
 
 
-def _row_label(reg: Registry, row: dict[str, Any]) -> str:
-    if row.get("label"):
-        return str(row["label"])
-    vlabel = reg.variant_label(row["variant"])
-    pl = row.get("paper_label")
-    return f"{pl} ({vlabel})" if pl and pl != vlabel else vlabel
+def paper_metric(reg: Registry, metric: str) -> tuple[str, str | None]:
+    """(level, published header) of one of our metric keys (experiments.yaml `metrics`)."""
+    info = reg.data["metrics"][metric]
+    return info["level"], info["paper"]
 
 
-def _paper_sources(art: dict[str, Any]) -> list[str]:
+def paper_sources(art: dict[str, Any]) -> list[str]:
+    """The transcribed CSVs an artifact's published values come from, for its provenance."""
     p = art.get("paper") or {}
     files = [p["file"]] if p.get("file") else []
     files += list((p.get("files") or {}).values())
     return [f"paper/{f}" + (f" ({p['table']})" if p.get("table") else "") for f in files]
 
 
-def _paper_notes(art: dict[str, Any]) -> list[str]:
+def paper_notes(art: dict[str, Any]) -> list[str]:
     p = art.get("paper") or {}
     return [f"published values: {p['note']}"] if p.get("note") else []
 
@@ -473,22 +234,3 @@ def read_table_csv(path: str | Path) -> pd.DataFrame:
                 break
             skip += 1
     return pd.read_csv(path, skiprows=skip)
-
-
-def table_ids(registry: Registry, ids: Iterable[str] | None = None) -> list[str]:
-    return [a for a in registry.expand_ids(ids) if registry.artifact(a)["kind"] in TABLE_KINDS]
-
-
-def build_tables(registry: Registry, store: ResultStore, ids: Sequence[str], out_dir: str | Path,
-                 data_indexes: dict[str, pd.DataFrame] | None = None) -> dict[str, Table]:
-    """Build and write the given table artifacts; returns them for display."""
-    builder = TableBuilder(registry, store)
-    out = {}
-    for aid in table_ids(registry, ids):
-        kind = registry.artifact(aid)["kind"]
-        if (kind == "dataset_stats" and data_indexes is None) or kind == "released_checkpoint":
-            continue  # T5 needs the data indexes; RC evaluates checkpoints (experiments.verify.reproduce_rc)
-        table = builder.build(aid, data_indexes)
-        write_table(table, out_dir)
-        out[aid] = table
-    return out

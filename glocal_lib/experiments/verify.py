@@ -30,7 +30,7 @@ from glocal_lib.errors import ConfigError, GlocalError, WeightsError
 from glocal_lib.experiments import provenance as prov_mod
 from glocal_lib.experiments.paper_values import category_key, load_paper_table
 from glocal_lib.experiments.registry import Registry, load_registry
-from glocal_lib.experiments.tables import LONG_COLUMNS, Table, _row, to_markdown, write_table
+from glocal_lib.experiments.tables import LONG_COLUMNS, Table, long_row, to_markdown, write_table
 from glocal_lib.io import git_blob_id
 
 ARTIFACT = "RC"
@@ -164,7 +164,7 @@ def compare(registry: Registry, results: Sequence[tuple[Checked, Path]], *, stan
             for metric in LOG_METRICS.values():
                 hit = ours[(ours["key"] == cat) & (ours["metric"] == metric)]["value"]
                 rv = float(hit.iloc[0]) * 100 if len(hit) and not pd.isna(hit.iloc[0]) else np.nan
-                out.append(_row(ARTIFACT, section=section, domain="industrial", row=ROW, dataset=name,
+                out.append(long_row(ARTIFACT, section=section, domain="industrial", row=ROW, dataset=name,
                                 category=cat, metric=metric, reproduced=rv, paper=logged.get((cat, metric), np.nan),
                                 run_ids=run.run_id, note=ck.log))
     return pd.DataFrame(out, columns=LONG_COLUMNS)
