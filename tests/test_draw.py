@@ -110,3 +110,37 @@ def test_drawing_notebooks_refuse_missing_runs_naming_them_and_their_maker(tmp_p
     populate(reg, store, ["T7"])
     store.refresh()
     repro.require_runs(["T7"])  # all there: no error
+
+
+def test_a_results_folder_made_before_the_ledger_gets_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Runs finished before the ledger existed (DONE, no ledger/): recorded automatically when a store
+    first reads the folder, and `--rebuild-ledger` adds runs a partial ledger lacks."""
+    import json
+    import os
+
+    from report_fakes import FakeProfile
+
+    from glocal_lib.engine.runs import ledger_dir, rebuild_ledger
+    from glocal_lib.experiments.results import ResultStore
+
+    old = _fake_run(tmp_path, "eval", "clip-visa-aaaaaaaaaaaa", "clip@visa")
+    new = _fake_run(tmp_path, "eval", "clip-visa-bbbbbbbbbbbb", "clip@visa")
+    train = _fake_run(tmp_path, "train", "coop-mvtec-cccccccccccc", "coop-mvtec")
+    unfinished = _fake_run(tmp_path, "eval", "coop-visa-dddddddddddd", "coop@visa")
+    (old / "DONE").write_text("{}\n")  # an early DONE without its finish time: its mtime counts
+    os.utime(old / "DONE", (1_000, 1_000))
+    (new / "DONE").write_text(json.dumps({"finished": 2_000.0}))
+    (train / "DONE").write_text(json.dumps({"finished": 1_500.0}))
+    assert not ledger_dir(tmp_path).exists() and unfinished.is_dir()
+    ledger = ResultStore(FakeProfile("smoke", tmp_path)).ledger()
+    assert "no run ledger: recorded its 3 finished runs" in capsys.readouterr().out
+    assert {k: e["run_id"] for k, e in ledger.items()} == {("eval", "clip@visa"): new.name,
+                                                          ("train", "coop-mvtec"): train.name}
+    assert read_ledger(tmp_path) == ledger and rebuild_ledger(tmp_path) == 0  # nothing left to record
+    later = _fake_run(tmp_path, "eval", "coop-visa-eeeeeeeeeeee", "coop@visa")
+    (later / "DONE").write_text(json.dumps({"finished": 3_000.0}))
+    assert ("eval", "coop@visa") not in read_ledger(tmp_path)  # a partial ledger is not rebuilt silently
+    assert reproduce_cli(["--profile", "smoke", "--rebuild-ledger", "--list", "--only", "T5",
+                          "--results-root", str(tmp_path)]) == 0
+    assert "1 finished run(s) recorded" in capsys.readouterr().out
+    assert read_ledger(tmp_path)[("eval", "coop@visa")]["run_id"] == later.name

@@ -119,3 +119,32 @@ def test_draw_returns_a_table_or_the_figure_files(fake: tuple) -> None:
     paths = kinds.draw("F4", reg, store, tables_dir=root / "tables", figures_dir=root / "figures")
     assert isinstance(paths, list) and (root / "figures" / "F4.png") in paths
     assert kinds.ids_of(reg, "table", ["T1", "F4", "RC"]) == ["T1", "RC"]
+
+
+def test_evaluations_outside_the_plan_happen_in_02_not_when_drawing(tmp_path: Path, fake: tuple,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kind's `evaluate` (RC: the released checkpoints) runs from Reproduction.evaluate (notebook 02);
+    drawing the same artifact never calls it."""
+    from glocal_lib.experiments.pipeline import Reproduction
+
+    _, store, _ = fake
+    calls: list[str] = []
+
+    class Evaluated(Kind):
+        required = ("title",)
+
+        def evaluate(self, repro: Any, aid: str, art: dict[str, Any]) -> list[Path]:
+            calls.append(aid)
+            return [tmp_path / "made"]
+
+        def draw(self, ctx: Drawing, aid: str, art: dict[str, Any]) -> None:
+            return None
+
+    monkeypatch.setitem(KINDS, "evaluated", None)
+    del KINDS["evaluated"]
+    register_kind("evaluated")(Evaluated)
+    path = _registry_file(tmp_path, lambda d: d["artifacts"].update(
+        TZ={"kind": "evaluated", "title": "made in 02", "notebook": "06_tables_report"}))
+    repro = Reproduction(registry=load_registry(path, profile="smoke"), profile=store.profile, store=store)
+    assert repro.draw_artifact("TZ") is None and calls == []
+    assert repro.evaluate(["TZ"]) == [tmp_path / "made"] and calls == ["TZ"]

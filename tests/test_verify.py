@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -124,6 +125,18 @@ def test_verify_end_to_end_on_standins(tmp_path_factory, monkeypatch, capsys):
     assert cfg["model"]["feature_layers"] == [-1] and cfg["model"]["local_loss_weight"] == 4.0
     assert cfg["model"]["normal_length"] == SMALL["normal_length"] and cfg["identity"]["checkpoint_id"] == \
         git_blob_id(ckdir / "9_12_4_multiscale_visa/epoch_15.pth")
+    # RC redraws from the results folder alone (the record + its runs), without the checkpoint files
+    shutil.rmtree(ckdir)
+    from glocal_lib.engine import load_profile
+    from glocal_lib.experiments import kinds
+    from glocal_lib.experiments.results import ResultStore
+
+    store = ResultStore(load_profile("smoke", results_root=str(results)))
+    again = kinds.build_table(load_registry(profile="smoke"), store, "RC")
+    made = json.loads((results / "tables" / "RC.provenance.json").read_text(encoding="utf-8"))
+    assert again is not None and again.notes == made["notes"] and again.provenance["published_values"] == made["published_values"]
+    pd.testing.assert_frame_equal(again.data.reset_index(drop=True), df, check_dtype=False, atol=1e-4)
+    assert again.run_ids == sorted(r.path.name for r in runs.values())
 
 
 def verify_cfg():

@@ -205,11 +205,36 @@ def mark_done(run_dir: Path, info: dict[str, Any] | None = None) -> None:
     """Write DONE, then the run's ledger entry (job name -> run id), which is how drawing finds it."""
     finished = time.time()
     atomic_write_text(run_dir / DONE, json.dumps({"finished": finished, **(info or {})}) + "\n")
+    _record(run_dir, finished)
+
+
+def _record(run_dir: Path, finished: float) -> Path:
+    """Write the ledger entry of a finished run folder `<results>/runs/<kind>/<run id>`."""
     config = json.loads((run_dir / "config.json").read_text())
     kind = run_dir.parent.name
     entry = {"name": config.get("name"), "kind": kind, "run_id": run_dir.name, "status": "done",
              "dataset": config.get("dataset", config.get("train_dataset")), "finished": finished}
-    atomic_write_json(ledger_dir(run_dir.parent.parent.parent) / f"{kind}-{run_dir.name}.json", entry)
+    return atomic_write_json(ledger_dir(run_dir.parent.parent.parent) / f"{kind}-{run_dir.name}.json", entry)
+
+
+def rebuild_ledger(results_root: str | os.PathLike[str]) -> int:
+    """Record every finished run that has no ledger entry (a results folder made before the ledger
+    existed, or a deleted ledger); returns how many entries it wrote. The finish time is DONE's, else
+    the file's modification time, so "latest run of a job" keeps its meaning."""
+    root = Path(results_root)
+    have = {p.stem for p in ledger_dir(root).glob("*.json")}
+    written = 0
+    for kind in ("train", "eval"):
+        for run_dir in sorted(p for p in (root / "runs" / kind).glob("*") if is_done(p)):
+            if f"{kind}-{run_dir.name}" in have or not (run_dir / "config.json").is_file():
+                continue
+            try:
+                finished = float(json.loads((run_dir / DONE).read_text() or "{}")["finished"])
+            except (ValueError, KeyError, TypeError):  # an older DONE without its time: the file's
+                finished = (run_dir / DONE).stat().st_mtime
+            _record(run_dir, finished)
+            written += 1
+    return written
 
 
 def read_ledger(results_root: str | os.PathLike[str]) -> dict[tuple[str, str], dict[str, Any]]:

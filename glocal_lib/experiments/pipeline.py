@@ -120,6 +120,8 @@ class Reproduction:
         self.train(ids)
         t = time.perf_counter()
         out = [run_eval(job.spec(self.profile), self.profile, progress=self.progress) for job in plan.eval_jobs]
+        for aid in plan.artifacts:  # evaluations outside the plan's jobs (RC: the released checkpoints)
+            out += kinds.kind_of(self.registry, aid).evaluate(self, aid, self.registry.artifact(aid))
         self.store.refresh()
         self.timings["evaluate"] = self.timings.get("evaluate", 0.0) + time.perf_counter() - t
         return out
@@ -172,7 +174,7 @@ class Reproduction:
 
     def draw_artifact(self, artifact_id: str) -> Any:
         """Draw one artifact from the saved runs, write its files and return it for inline display
-        (a table shows as Markdown, a figure as its PNG; RC, drawn with its check, returns None)."""
+        (a table shows as Markdown, a figure as its PNG; None for RC when 02 did not evaluate it)."""
         from IPython.display import Image
 
         reg = self.registry.unfiltered() if kinds.kind_of(self.registry, artifact_id).output == "table" \

@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", action="store_true", help=(
         "redraw every table, figure and the index from the results folder alone (its run ledger and run "
         "files): no notebooks, no data, no cache, no GPU; runs nothing"))
+    p.add_argument("--rebuild-ledger", action="store_true", help=(
+        "first record every finished run of the results folder that has no ledger entry (a folder made "
+        "before the ledger existed; a folder without any ledger is recorded automatically)"))
     return p
 
 
@@ -251,6 +254,10 @@ def reproduce_cli(argv: Sequence[str]) -> int:
     ids = registry.expand_ids(only)
     names = select_notebooks(only, registry)
     root = Path(profile.results_root).resolve()
+    if args.rebuild_ledger:
+        from glocal_lib.engine.runs import rebuild_ledger
+
+        print(f"[reproduce] run ledger: {rebuild_ledger(root)} finished run(s) recorded under {root / 'ledger'}")
     if args.list:
         plan = registry.plan(ids)
         print(f"profile {args.profile} -> {root}\nnotebooks: {', '.join(names)}\nartifacts: {', '.join(ids)}")

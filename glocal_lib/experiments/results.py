@@ -55,9 +55,12 @@ class ResultStore:
 
     def ledger(self) -> dict[tuple[str, str], dict[str, Any]]:
         """(kind, job name) -> latest finished run, read once per store from `<results>/ledger/`."""
-        from glocal_lib.engine.runs import read_ledger
+        from glocal_lib.engine.runs import ledger_dir, read_ledger, rebuild_ledger
 
         if "ledger" not in self._cache:
+            if not ledger_dir(self.root).is_dir() and (self.root / "runs").is_dir():
+                n = rebuild_ledger(self.root)  # a results folder made before the ledger existed
+                print(f"[ledger] {self.root} had no run ledger: recorded its {n} finished runs in {ledger_dir(self.root)}")
             self._cache["ledger"] = read_ledger(self.root)
         return self._cache["ledger"]
 

@@ -16,6 +16,7 @@ the official format, evaluated on the synthetic stand-ins (and every output says
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,12 +27,12 @@ import numpy as np
 import pandas as pd
 
 from glocal_lib.config import PRECISIONS
-from glocal_lib.errors import ConfigError, GlocalError, WeightsError
+from glocal_lib.errors import ConfigError, GlocalError, RunError, WeightsError
 from glocal_lib.experiments import provenance as prov_mod
 from glocal_lib.experiments.paper_values import category_key, load_paper_table
 from glocal_lib.experiments.registry import Registry, load_registry
 from glocal_lib.experiments.tables import LONG_COLUMNS, Table, long_row, to_markdown, write_table
-from glocal_lib.io import git_blob_id
+from glocal_lib.io import atomic_write_json, git_blob_id
 
 ARTIFACT = "RC"
 PRESET = "anomalyclip"  # the released scripts' configuration (top layer, local x4)
@@ -197,13 +198,13 @@ def verdict(df: pd.DataFrame, tolerance: float, *, stand_in: bool) -> str:
     return "VERDICT: this environment does NOT reproduce the released logs: " + "; ".join(parts)
 
 
-def rc_table(registry: Registry, profile: Any, checked: Sequence[Checked], runs: Sequence[Path],
-             *, stand_in: bool) -> Table:
-    """The RC artifact: per-category table, verdict and the identity of every file in the notes."""
+def rc_body(registry: Registry, profile: Any, checked: Sequence[Checked], runs: Sequence[Path],
+            *, stand_in: bool) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The RC artifact's long rows, its notes (verdict first, the identity of every file) and run ids."""
     art = registry.artifact(ARTIFACT)
     df = compare(registry, list(zip(checked, runs)), stand_in=stand_in)
     line = verdict(df, float(art.get("tolerance", 0.1)), stand_in=stand_in)
-    names = {k: registry.dataset_name(k) for k in {key for ck in checked for key in (ck.train, ck.eval)}}
+    names = {k: registry.dataset_name(k) for k in {c.train for c in checked} | {c.eval for c in checked}}
     sigma = "4 scaled to the smoke image size" if stand_in else f"{TEST_SH['sigma']:g}"
     settings = (f"evaluated as {REPO_URL} test.sh: preset {PRESET} (--features_list 24 = top layer, depth, n_ctx "
                 f"and t_n_ctx from the file), image size {profile.image_size}, sigma {sigma}, precision "
@@ -221,11 +222,48 @@ def rc_table(registry: Registry, profile: Any, checked: Sequence[Checked], runs:
                         "run (glocal reproduce: the AnomalyCLIP smoke training runs, exported with "
                         "model.export_official), the data synthetic stand-ins; the paper profile evaluates the "
                         "released files")
-    run_ids = sorted({Path(r).name for r in runs})
+    return df, notes, sorted({Path(r).name for r in runs})
+
+
+def rc_table(registry: Registry, profile: Any, checked: Sequence[Checked], runs: Sequence[Path],
+             *, stand_in: bool) -> Table:
+    """The RC artifact: per-category table, verdict and the identity of every file in the notes."""
+    art = registry.artifact(ARTIFACT)
+    df, notes, run_ids = rc_body(registry, profile, checked, runs, stand_in=stand_in)
     prov = prov_mod.build(ARTIFACT, art["title"], profile=profile, glocal_preset=registry.glocal_preset,
                           presets=[PRESET], run_ids=run_ids, sources=[f"paper/{art['paper']['file']} (results log)"],
                           notes=notes)
     return Table(ARTIFACT, art["title"], df, ["category"], ["metric"], prov, "section", notes)
+
+
+# ------------------------------------------------------------------- the record drawing reads
+def record_path(results_root: str | Path) -> Path:
+    """`<results>/verify/RC.json`: which files were checked (blob ids, paths) and their eval run ids, so
+    RC is redrawn from the results folder alone (no checkpoint files, no data)."""
+    return Path(results_root) / "verify" / f"{ARTIFACT}.json"
+
+
+def write_record(results_root: str | Path, checked: Sequence[Checked], runs: Sequence[Path], *,
+                 stand_in: bool) -> Path:
+    items = [{"file": c.file, "blob": c.blob, "train": c.train, "eval": c.eval, "log": c.log, "path": str(c.path),
+              "found_blob": c.found_blob, "run_id": Path(r).name} for c, r in zip(checked, runs, strict=True)]
+    return atomic_write_json(record_path(results_root), {"stand_in": stand_in, "checkpoints": items})
+
+
+def read_record(results_root: str | Path) -> tuple[list[Checked], list[Path], bool] | None:
+    """(checked files, their eval run folders, stand-in?) as 02_evaluate recorded them; None if never made."""
+    path = record_path(results_root)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    checked = [Checked(file=c["file"], blob=c["blob"], train=c["train"], eval=c["eval"], log=c["log"],
+                       path=Path(c["path"]), found_blob=c["found_blob"]) for c in data["checkpoints"]]
+    runs = [Path(results_root) / "runs" / "eval" / c["run_id"] for c in data["checkpoints"]]
+    unfinished = [r.name for r in runs if not (r / "DONE").is_file()]
+    if unfinished:
+        raise RunError(f"{path} names eval run(s) {unfinished} that are not finished in {Path(results_root) / 'runs'}; "
+                       "notebook 02_evaluate makes them (glocal reproduce --only RC)")
+    return checked, runs, bool(data["stand_in"])
 
 
 def run_verify(registry: Registry, profile: Any, checked: Sequence[Checked], out_dir: str | Path, *,
@@ -233,6 +271,7 @@ def run_verify(registry: Registry, profile: Any, checked: Sequence[Checked], out
     """Evaluate every checkpoint, write RC.{csv,md,html} into `out_dir`, return the table."""
     check_inputs(profile, checked)
     runs = [evaluate(profile, ck, progress=progress) for ck in checked]
+    write_record(profile.results_root, checked, runs, stand_in=stand_in)
     table = rc_table(registry, profile, checked, runs, stand_in=stand_in)
     write_table(table, out_dir)
     return table
@@ -253,23 +292,43 @@ def export_standins(registry: Registry, profile: Any, folder: str | Path) -> Pat
     return folder
 
 
-def reproduce_rc(repro: Any, ids: Sequence[str], *, required: bool = False) -> Table | None:
-    """Notebook 06's RC section: None when RC is not selected. Paper: the released files from
-    $GLOCAL_ANOMALYCLIP_CHECKPOINTS (or weights/AnomalyCLIP/checkpoints); when they are missing,
-    raise if RC was asked for explicitly (`required`), else print why RC is skipped."""
-    if ARTIFACT not in ids:
-        return None
+def evaluate_rc(repro: Any) -> list[Path]:
+    """Notebook 02's part of RC: evaluate the checkpoints (smoke: export the stand-ins first) and record
+    them for drawing. Paper profile without the released files: says why RC is skipped, returns []."""
     reg, profile = repro.registry, repro.profile
     stand_in = bool(profile.synthetic)
     try:
         folder = export_standins(reg, profile, repro.root / "verify" / "checkpoints") if stand_in else checkpoint_dir()
         checked = find_checkpoints(reg, folder)
-        return run_verify(reg, profile, checked, repro.tables_dir, stand_in=stand_in, progress=repro.progress)
     except VerifyError as err:
-        if required:
-            raise
-        print(f"RC skipped (not generated): {err}")
+        print(f"RC not evaluated: {err}")
+        return []
+    check_inputs(profile, checked)
+    runs = [evaluate(profile, ck, progress=repro.progress) for ck in checked]
+    write_record(repro.root, checked, runs, stand_in=stand_in)
+    return runs
+
+
+def draw_rc(registry: Registry, store: Any) -> tuple[pd.DataFrame, list[str], list[str]] | None:
+    """RC's rows, notes and run ids from the record and its runs only; None when RC was never evaluated."""
+    found = read_record(store.root)
+    if found is None:
         return None
+    checked, runs, stand_in = found
+    return rc_body(registry, store.profile, checked, runs, stand_in=stand_in)
+
+
+def reproduce_rc(repro: Any, ids: Sequence[str], *, required: bool = False) -> Table | None:
+    """Notebook 06's RC section (drawing only: 02_evaluate evaluated the checkpoints). None when RC is not
+    selected or was not evaluated; the latter is an error when RC was asked for explicitly (`required`)."""
+    if ARTIFACT not in ids:
+        return None
+    table = repro.draw_artifact(ARTIFACT)
+    if table is None and required:
+        raise RunError(f"RC was not evaluated in {repro.root} (no {record_path(repro.root)}): notebook 02_evaluate "
+                       f"evaluates it (glocal reproduce --profile {repro.profile.name} --only RC); in the paper "
+                       f"profile it needs the released checkpoints (${CHECKPOINTS_ENV})")
+    return table
 
 
 # ---------------------------------------------------------------------------------- command

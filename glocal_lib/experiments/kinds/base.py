@@ -9,6 +9,7 @@ table never reads a run its plan did not make. Nothing else interprets kind name
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from glocal_lib.errors import ConfigError
@@ -46,8 +47,13 @@ class Kind:
         """Training runs the artifact reads directly (not through a cell's eval run)."""
         return []
 
+    def evaluate(self, repro: Any, aid: str, art: dict[str, Any]) -> list[Path]:
+        """Evaluation runs notebook 02 makes besides the planned eval jobs (RC: the released checkpoints)."""
+        return []
+
     def draw(self, ctx: Drawing, aid: str, art: dict[str, Any]) -> Any:
-        """A TableBody (table kinds) or a matplotlib Figure (figure kinds), from `ctx` only."""
+        """A TableBody (table kinds) or a matplotlib Figure (figure kinds), from `ctx` only (None: not
+        drawn, e.g. RC before 02_evaluate evaluated it)."""
         raise NotImplementedError
 
 

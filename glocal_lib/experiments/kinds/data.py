@@ -3,10 +3,12 @@ checkpoint check (`released_checkpoint`: RC)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from glocal_lib.experiments import verify
 from glocal_lib.experiments.kinds.base import Drawing, Kind, TableBody, register_kind
 from glocal_lib.experiments.paper_values import load_paper_table
 from glocal_lib.experiments.registry import Registry, TrainJob
@@ -47,12 +49,23 @@ class DatasetStats(Kind):
 @register_kind("released_checkpoint")
 class ReleasedCheckpoint(Kind):
     """RC: the released AnomalyCLIP checkpoints evaluated as its test.sh does, beside its logs.
-    Smoke: stand-in checkpoints exported from the method's own training runs (`train_jobs`)."""
+    Smoke: stand-in checkpoints exported from the method's own training runs (`train_jobs`). Notebook
+    02 evaluates them (`evaluate`, recorded in <results>/verify/RC.json); drawing reads that record."""
 
     required = ("title", "notebook", "method", "checkpoints", "paper")
 
     def train_jobs(self, reg: Registry, aid: str, art: dict[str, Any]) -> list[TrainJob]:
         return [job for _, job in reg.standin_train_jobs(aid)]
 
-    def draw(self, ctx: Drawing, aid: str, art: dict[str, Any]) -> None:
-        return None  # drawn with its evaluation by experiments.verify.reproduce_rc (notebook 06)
+    def evaluate(self, repro: Any, aid: str, art: dict[str, Any]) -> list[Path]:
+        return verify.evaluate_rc(repro)
+
+    def draw(self, ctx: Drawing, aid: str, art: dict[str, Any]) -> TableBody | None:
+        drawn = verify.draw_rc(ctx.reg, ctx.store)
+        if drawn is None:  # not evaluated (paper profile without the released files): not drawn
+            return None
+        df, notes, run_ids = drawn
+        ctx.notes += notes
+        ctx.run_ids += run_ids
+        ctx.presets.add(verify.PRESET)
+        return TableBody(df.to_dict("records"), ["category"], ["metric"], "section")
