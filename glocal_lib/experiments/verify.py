@@ -165,9 +165,9 @@ def compare(registry: Registry, results: Sequence[tuple[Checked, Path]], *, stan
             for metric in LOG_METRICS.values():
                 hit = ours[(ours["key"] == cat) & (ours["metric"] == metric)]["value"]
                 rv = float(hit.iloc[0]) * 100 if len(hit) and not pd.isna(hit.iloc[0]) else np.nan
-                out.append(long_row(ARTIFACT, section=section, domain="industrial", row=ROW, dataset=name,
-                                category=cat, metric=metric, reproduced=rv, paper=logged.get((cat, metric), np.nan),
-                                run_ids=run.run_id, note=ck.log))
+                out.append(long_row(ARTIFACT, section=section, domain=registry.domain_of(ck.eval), row=ROW,
+                                    dataset=name, category=cat, metric=metric, reproduced=rv,
+                                    paper=logged.get((cat, metric), np.nan), run_ids=run.run_id, note=ck.log))
     return pd.DataFrame(out, columns=LONG_COLUMNS)
 
 
