@@ -293,4 +293,4 @@ def load_preset_for(name: str, train_dataset: str | None = None, eval_dataset: s
     return load_preset(name, variant_for(name, train_dataset, eval_dataset, path), path=path, **overrides)
 
 # Method configs defined in their own modules register themselves on import (after the base above).
-from . import kanoclip_config, vip2clip_config  # noqa: E402,F401
+from . import adaclip_config, kanoclip_config, vip2clip_config  # noqa: E402,F401

@@ -81,11 +81,20 @@ def image_tensor(img: Image.Image, size: int) -> torch.Tensor:
 
 def load_mask(path: Path, size: int) -> torch.Tensor:
     """Binary {0,1} float mask of shape (size, size), binarised like the released loader."""
+    return mask_tensor(read_binary_mask(path), size)
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """The mask file as a boolean array (pixels > 0) at its own size."""
     try:
         with Image.open(path) as im:
-            binary = binary_array(im)
+            return binary_array(im)
     except OPEN_ERRORS as err:
         raise DataError(f"cannot read mask {path} ({type(err).__name__}: {err}); restore it from the archive.") from None
+
+
+def mask_tensor(binary: np.ndarray, size: int) -> torch.Tensor:
+    """A boolean mask resized to (size, size) like the released loader: 0/255, PIL bilinear, > 0.5."""
     resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize((size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy((np.asarray(resized) > 127).astype(np.float32))  # x/255 > 0.5 <=> x >= 128
 

@@ -61,7 +61,7 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-dataset", default="mvtec", help="dataset key to train on (default mvtec)")
     p.add_argument("--name", help="short run name (default <preset>-<train dataset>)")
     p.add_argument("--epochs", type=int, help="epochs (profile default: smoke 2, paper 15)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the method's, Adam 1e-3; AdaCLIP AdamW 0.01)")
     p.add_argument("--restart", action="store_true",
                    help="discard an unfinished run's progress (e.g. a corrupt checkpoint) and train it from scratch")
     _common(p)

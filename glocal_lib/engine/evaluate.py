@@ -24,9 +24,10 @@ import pandas as pd
 import torch
 
 from glocal_lib.checks import check_range, check_types
+from glocal_lib.config import detector_class
 from glocal_lib.data.dataset import OPENAI_MEAN, OPENAI_STD
 from glocal_lib.engine.data_prep import DataInfo, prepare_data
-from glocal_lib.engine.features import FeatureCache, LiveFeatures
+from glocal_lib.engine.features import class_names, feature_source, features_label
 from glocal_lib.engine.locks import clear_write_errors
 from glocal_lib.engine.modeling import (
     AUTO,
@@ -106,7 +107,8 @@ def _model_setup(spec: EvalSpec, profile: Profile) -> tuple[Any, Path | None, di
     if spec.train_run is None:
         preset = spec.preset or "glocalclip-released"
         variant = resolve_variant(preset, spec.variant, eval_dataset=spec.dataset)
-        cfg = model_config(preset, spec.overrides, variant, precision=spec.precision or profile.precision)
+        overrides = {**spec.overrides, **({"precision": spec.precision} if spec.precision else {})}
+        cfg = model_config(preset, overrides, variant, precision=profile.precision, device=profile.device)
         part: dict[str, Any] = {"preset": preset, "variant": variant, "train_run": None, "epoch": None}
         if spec.checkpoint is None:
             return cfg, None, part, spec.seed
@@ -173,7 +175,7 @@ def eval_identity(spec: EvalSpec, profile: Profile, data: DataInfo) -> tuple[dic
         "categories": list(spec.categories) if spec.categories else None,
         "sigma": effective_sigma(cfg, profile, spec.sigma),
         "precision": cfg.precision,
-        "features": f"cache-{profile.cache_dtype}" if spec.use_cache else "live",
+        "features": features_label(detector_class(cfg), profile, spec.use_cache),
         "attention_kernel": "fused" if profile.fused_attention else "exact",
         "samples_per_category": spec.samples_per_category if spec.samples_per_category is not None
         else profile.samples_per_category,
@@ -284,20 +286,15 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     if unknown:
         raise ConfigError(f"categories {unknown} are not in dataset {data.key!r} ({data.root}); "
                           f"it has {data.categories}")
-    if spec.use_cache:
-        source: Any = FeatureCache(profile.cache_dir, dtype=profile.cache_dtype).get(
-            model, data, backbone=profile.backbone,
-            weights_id=weights_identity(profile.weights, profile.cache_dir), device=device,
-            precision=precision, batch_size=profile.encode_batch(bs), num_workers=profile.num_workers,
-            progress=progress)
-    else:
-        source = LiveFeatures(model, data, device=device, precision=precision, num_workers=profile.num_workers)
+    source = feature_source(model, data, profile, use_cache=spec.use_cache, batch_size=profile.encode_batch(bs),
+                            progress=progress)
     timing["features_s"] = time.perf_counter() - t0 - timing["model_build_s"]
     t1 = time.perf_counter()
     samples = set(sample_rows(index[index["category"].isin(cats)], identity["samples_per_category"]))
     sample_ds = AnomalyDataset(data.root, index, image_size=profile.image_size) if samples else None
     size = int(model.image_size)
     categories = index["category"].to_numpy()
+    prompt_names = class_names(model, data)
     cat_dir, sample_dir = run_dir / "categories", run_dir / "samples"
     todo = [c for c in cats if not (cat_dir / f"{_safe(c)}.npz").is_file()]  # others finished before a kill
     rows_of = {c: np.flatnonzero(categories == c) for c in todo}
@@ -309,7 +306,7 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     bar = tqdm(total=len(order), desc=f"eval {data.key}", disable=not progress, unit="img")
     for chunk, feats, lab, msk in source.iter_batches(order, bs, device):
         with autocast(device, precision):
-            pred = model.predict(feats, sigma=sigma, class_names=list(categories[chunk]))
+            pred = model.predict(feats, sigma=sigma, class_names=list(prompt_names[chunk]))
         s = pred.image_scores.float().cpu().numpy()
         y = lab.cpu().numpy()
         if on_device:  # maps stay on the GPU; pixel metrics run there (glocal_lib.metrics.device)

@@ -391,3 +391,56 @@ class LiveFeatures:
             feats = encode_batch(self.model, item["image"], self.device, self.precision)
             masks = (item["mask"] > 0.5).float().to(device)
             yield indices[start:start + batch_size], feats, item["label"].long().to(device), masks
+
+
+def features_label(model: Any, profile: Any, use_cache: bool) -> str:
+    """How a run got its inputs (part of run identities): frozen-feature cache, live, or images."""
+    from glocal_lib.engine.images import is_image_based
+
+    if is_image_based(model):
+        return f"images+static-cache-{profile.cache_dtype}" if use_cache else "images"
+    return f"cache-{profile.cache_dtype}" if use_cache else "live"
+
+
+def feature_source(model: Any, data: DataInfo, profile: Any, *, use_cache: bool, batch_size: int,
+                   progress: bool = False, augment: Any = None) -> Any:
+    """The one source of batches for training and evaluation, chosen by what the model declares.
+
+    ``model.feature_source`` "frozen" (default): cached frozen features (``FeatureCache``) or, without
+    the cache, live encoding; "images": images plus the model's cached static features
+    (``glocal_lib.engine.images``), with ``augment`` (a Mosaic, training only). ``batch_size`` = images
+    per forward while filling a cache. Every source has ``len`` and ``iter_batches(rows, bs, device)``.
+    """
+    from glocal_lib.engine.images import ImageSource, is_image_based, static_cache
+    from glocal_lib.engine.runs import weights_identity
+    from glocal_lib.errors import ConfigError
+
+    kind = getattr(model, "feature_source", "frozen")
+    weights_id = weights_identity(profile.weights, profile.cache_dir)
+    if is_image_based(model):
+        static = None
+        if use_cache and hasattr(model, "static_features"):
+            static = static_cache(model, data, root=profile.cache_dir, dtype=profile.cache_dtype,
+                                  backbone=profile.backbone, weights_id=weights_id, device=profile.device,
+                                  batch_size=batch_size, num_workers=profile.num_workers, progress=progress)
+        return ImageSource(model, data, device=profile.device, num_workers=profile.num_workers, static=static,
+                           mosaic=augment)
+    if kind != "frozen":
+        raise ConfigError(f"{type(model).__name__}.feature_source = {kind!r}: expected 'frozen' or 'images'")
+    precision = model.cfg.precision
+    if not use_cache:
+        return LiveFeatures(model, data, device=profile.device, precision=precision, num_workers=profile.num_workers)
+    return FeatureCache(profile.cache_dir, dtype=profile.cache_dtype).get(
+        model, data, backbone=profile.backbone, weights_id=weights_id, device=profile.device, precision=precision,
+        batch_size=batch_size, num_workers=profile.num_workers, progress=progress)
+
+
+def class_names(model: Any, data: DataInfo) -> np.ndarray:
+    """Per index row, the class name the model puts in its prompts (``model.class_name(dataset, category)``
+    when it maps names, e.g. AdaCLIP's own CLS_NAMES; else the index's category)."""
+    cats = data.index["category"].astype(str).to_numpy()
+    mapper = getattr(model, "class_name", None)
+    if not callable(mapper):
+        return cats
+    table = {c: mapper(data.key, c) for c in dict.fromkeys(cats)}
+    return np.array([table[c] for c in cats], dtype=object)

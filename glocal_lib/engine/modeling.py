@@ -27,14 +27,30 @@ def resolve_variant(preset: str, variant: str | None, train_dataset: str | None 
 
 
 def model_config(preset: str, overrides: dict[str, Any] | None = None, variant: str | None = None,
-                 precision: str | None = None) -> Any:
-    """ModelConfig of a preset (+ variant, overrides); the profile's precision unless overridden."""
+                 precision: str | None = None, device: str | None = None) -> Any:
+    """Config of a preset (+ variant, overrides); the profile's precision unless overridden.
+
+    A preset that names its own precision (AdaCLIP's released fp16 autocast) keeps it on a CUDA device:
+    that precision is the method's published GPU setting; elsewhere the profile's applies.
+    """
     from glocal_lib.config import load_preset
 
     values = dict(overrides or {})
-    if precision is not None and "precision" not in values:
+    on_gpu = device is not None and str(device).startswith("cuda")
+    if precision is not None and "precision" not in values and not (on_gpu and _preset_precision(preset, variant)):
         values["precision"] = precision
     return load_preset(preset, variant, **values)
+
+
+def _preset_precision(preset: str, variant: str | None) -> str | None:
+    from glocal_lib.config import preset_info
+
+    entry = preset_info(preset)
+    values = dict(entry.get("config") or {})
+    name = variant if variant is not None else entry.get("default_variant")
+    if name is not None:
+        values.update((entry.get("variants") or {}).get(name) or {})
+    return values.get("precision")
 
 
 def method_profile(profile: Profile, preset: str | None) -> Profile:

@@ -22,7 +22,7 @@ import torch
 
 from glocal_lib.checks import check_range, check_types
 from glocal_lib.engine.data_prep import DataInfo, prepare_data
-from glocal_lib.engine.features import FeatureCache, LiveFeatures
+from glocal_lib.engine.features import class_names, feature_source
 from glocal_lib.engine.locks import clear_write_errors
 from glocal_lib.engine.modeling import (
     AUTO,
@@ -48,7 +48,8 @@ from glocal_lib.errors import ConfigError, RunError, describe_load_failure
 from glocal_lib.io import atomic_save_with, atomic_write_json, atomic_write_text
 
 LOSS_KEYS = ("global", "local", "focal", "dice", "gcl", "total")
-DEFAULT_BETAS = (0.5, 0.999)  # Adam of the released GlocalCLIP / AnomalyCLIP train.py
+DEFAULT_LR = 1e-3  # Adam of the released GlocalCLIP / AnomalyCLIP train.py
+DEFAULT_BETAS = (0.5, 0.999)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class TrainSpec:
     seed: int = 111
     epochs: int | None = None
     batch_size: int | None = None
-    lr: float = 1e-3
+    lr: float | None = None  # None: the method config's lr (AdaCLIP 0.01), else DEFAULT_LR
     betas: tuple[float, float] | None = None  # None: the method config's adam_betas, else DEFAULT_BETAS
     use_cache: bool = True
 
@@ -77,15 +78,21 @@ class TrainSpec:
             check_range(f"betas[{i}]", b, minimum=0, below=1)
 
     def resolved(self, profile: Profile, cfg: Any = None) -> TrainSpec:
+        """None fields filled: explicit > the method's own recipe (a config with lr/epochs/batch_size, e.g.
+        AdaCLIP's) > the profile. A method's epochs are capped by the profile's (its training budget:
+        smoke 2)."""
+        epochs = self.epochs
+        if epochs is None:
+            epochs = min(int(cfg.epochs), profile.epochs) if hasattr(cfg, "epochs") else profile.epochs
+        batch = self.batch_size if self.batch_size is not None else int(getattr(cfg, "batch_size", profile.batch_size))
+        lr = self.lr if self.lr is not None else float(getattr(cfg, "lr", DEFAULT_LR))
         betas = self.betas if self.betas is not None else getattr(cfg, "adam_betas", DEFAULT_BETAS)
-        return dataclasses.replace(self, epochs=self.epochs if self.epochs is not None else profile.epochs,
-                                   batch_size=self.batch_size if self.batch_size is not None else profile.batch_size,
-                                   betas=tuple(float(b) for b in betas))
+        return dataclasses.replace(self, epochs=epochs, batch_size=batch, lr=lr, betas=tuple(float(b) for b in betas))
 
 
 def _config(spec: TrainSpec, profile: Profile) -> Any:
     variant = resolve_variant(spec.preset, spec.variant, train_dataset=spec.train_dataset)
-    return model_config(spec.preset, spec.overrides, variant, precision=profile.precision)
+    return model_config(spec.preset, spec.overrides, variant, precision=profile.precision, device=profile.device)
 
 
 def training_inputs(cfg: Any, profile: Profile, data: DataInfo) -> dict[str, Any]:
@@ -118,10 +125,17 @@ def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo) 
         "betas": list(spec.betas),
         "seed": spec.seed,
         "precision": profile.precision,
-        "features": f"cache-{profile.cache_dtype}" if spec.use_cache else "live",
+        "features": _features_label(cfg, profile, spec.use_cache),
         "attention_kernel": "fused" if profile.fused_attention else "exact",
         **extra,
     }
+
+
+def _features_label(cfg: Any, profile: Profile, use_cache: bool) -> str:
+    from glocal_lib.config import detector_class
+    from glocal_lib.engine.features import features_label
+
+    return features_label(detector_class(cfg), profile, use_cache)
 
 
 def train_run_dir(spec: TrainSpec, profile: Profile, data: DataInfo | None = None) -> Path:
@@ -175,15 +189,25 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
     return run_dir
 
 
-def _feature_source(model: Any, data: DataInfo, profile: Profile, use_cache: bool, progress: bool) -> Any:
-    if not use_cache:
-        return LiveFeatures(model, data, device=profile.device, precision=profile.precision,
-                            num_workers=profile.num_workers)
-    cache = FeatureCache(profile.cache_dir, dtype=profile.cache_dtype)
-    return cache.get(model, data, backbone=profile.backbone,
-                     weights_id=weights_identity(profile.weights, profile.cache_dir), device=profile.device,
-                     precision=profile.precision, batch_size=profile.encode_batch(profile.eval_batch_size),
-                     num_workers=profile.num_workers, progress=progress)
+def _augmentation(model: Any, data: DataInfo, seed: int) -> Any:
+    """The training augmentation a method asks for on this dataset (AdaCLIP: mosaics on MVTec AD), or None."""
+    cfg = model.cfg
+    if getattr(cfg, "mosaic_rate", 0) and data.key in getattr(cfg, "mosaic_datasets", ()):
+        from glocal_lib.engine.images import Mosaic
+
+        return Mosaic(rate=float(cfg.mosaic_rate), seed=seed, label=str(cfg.mosaic_label))
+    return None
+
+
+def _make_optimizer(model: Any, params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.optim.Optimizer:
+    """The method's optimiser when it defines one (AdaCLIP: AdamW with weight decay), else Adam (with the
+    method's parameter groups when it declares some)."""
+    make = getattr(model, "make_optimizer", None)
+    if callable(make):
+        return make(lr=spec.lr)
+    # a method with several learning rates declares its groups (e.g. ViP2-CLIP: FGP at lr / 100)
+    groups = model.param_groups(spec.lr) if hasattr(model, "param_groups") else params
+    return torch.optim.Adam(groups, lr=spec.lr, betas=tuple(spec.betas))
 
 
 def _nbytes(obj: Any) -> int:
@@ -275,9 +299,7 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
     for p in model.parameters():  # only prompts learn: freeze anything else the model left trainable
         if id(p) not in train_ids:
             p.requires_grad_(False)
-    # a method with several learning rates declares its groups (e.g. ViP2-CLIP: FGP at lr / 100)
-    groups = model.param_groups(spec.lr) if hasattr(model, "param_groups") else params
-    optimizer = torch.optim.Adam(groups, lr=spec.lr, betas=tuple(spec.betas))
+    optimizer = _make_optimizer(model, params, spec)
     shuffle = torch.Generator().manual_seed(spec.seed)
     ckpt_dir = run_dir / "checkpoints"
     init = _text_embeddings(model)
@@ -299,16 +321,20 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
         with np.load(run_dir / "prompt_embeddings.npz") as z:
             embs = list(z["emb"][:start_epoch])
     t0 = time.perf_counter()
-    source = _feature_source(model, data, profile, spec.use_cache, progress)
+    source = feature_source(model, data, profile, use_cache=spec.use_cache, progress=progress,
+                            batch_size=profile.encode_batch(profile.eval_batch_size),
+                            augment=_augmentation(model, data, spec.seed))
     timing["features_s"] = round(time.perf_counter() - t0, 4)  # cache build (or open) time
     n = len(source)
-    categories = data.index["category"].to_numpy()
+    categories = class_names(model, data)
     keys = data.index["image_path"].astype(str).to_numpy() if getattr(model, "uses_image_keys", False) else None
     epochs = tqdm(range(start_epoch, spec.epochs + 1), desc=f"train {run_dir.name}", disable=not progress,
                   initial=start_epoch - 1, total=spec.epochs)
     for epoch in epochs:
         t_epoch = time.perf_counter()
         perm = torch.randperm(n, generator=shuffle).numpy()
+        if hasattr(source, "set_epoch"):
+            source.set_epoch(epoch)  # deterministic per-epoch augmentation (image-based sources)
         batches = tqdm(source.iter_batches(perm, spec.batch_size, profile.device), leave=False,
                        total=-(-n // spec.batch_size), desc=f"epoch {epoch}", disable=not progress)
         for chunk, feats, labels, masks in batches:

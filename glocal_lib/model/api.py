@@ -113,8 +113,9 @@ def build_model(
     if kind == "official":
         official_flavour(cfg)  # clear ConfigError before loading a large backbone
     loader = load_clip_shared if share_backbone else load_clip
+    # a config's ``activation`` field (AdaCLIP: exact GELU on OpenAI weights) is an explicit loader choice
     clip = loader(backbone, weights, device=device, seed=backbone_seed, weights_dir=weights_dir,
-                  allow_download=allow_download)
+                  allow_download=allow_download, activation=getattr(cfg, "activation", None))
     model = detector_class(cfg)(clip, cfg, backbone=backbone, image_size=image_size, seed=seed,
                            backbone_seed=backbone_seed, weights=None if weights is None else str(weights))
     if kind == "ours":

@@ -26,6 +26,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.transformer import QuickGELU
 
 from glocal_lib.errors import ConfigError, WeightsError, describe_load_failure
 from glocal_lib.io import atomic_save_torch, sha256_file
@@ -257,6 +258,7 @@ def load_clip(
     weights_dir: str | os.PathLike[str] | None = None,
     allow_download: bool = False,
     verify: bool = True,
+    activation: str | None = None,
 ) -> CLIP:
     """Return a frozen float32 open_clip CLIP in eval mode.
 
@@ -265,7 +267,17 @@ def load_clip(
     weights: None = random init seeded with `seed` (every bias/norm randomised too); a file path or a
         file name looked up in `weights_dir` / $GLOCAL_WEIGHTS_DIR; ``"openai"`` = the local OpenAI
         file for the backbone, downloaded through open_clip only if `allow_download`.
+    activation: None = the backbone's own MLP activation (OpenAI weights in a GELU config are
+        refused); ``"gelu"`` / ``"quick_gelu"`` = every MLP of both towers uses that activation after
+        loading, whatever the weights were trained with. An explicit method choice: AdaCLIP's
+        released code runs OpenAI weights with exact GELU (spec adaclip.md section 1).
     """
+    if activation is not None and activation != _AS_LOADED:
+        if activation not in MLP_ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {sorted(MLP_ACTIVATIONS)}, got {activation!r}")
+        model = load_clip(backbone, weights, device, seed, weights_dir, allow_download, verify, _AS_LOADED)
+        set_activation(model, activation)
+        return model
     if weights is None:
         if backbone is None:
             raise ConfigError("load_clip needs a backbone name or a weight file (got neither).")
@@ -288,7 +300,7 @@ def load_clip(
     else:
         _check_known_backbone(backbone)
         cfg = open_clip.get_model_config(backbone)
-        if is_openai and not cfg.get("quick_gelu", False):
+        if is_openai and not cfg.get("quick_gelu", False) and activation != _AS_LOADED:
             raise WeightsError(
                 f"{path} holds OpenAI CLIP weights, which were trained with QuickGELU, but backbone '{backbone}' "
                 f"uses GELU and would silently give wrong features. Use backbone '{backbone}-quickgelu'."
@@ -296,6 +308,24 @@ def load_clip(
         model = _create_random(backbone)
     _load_strict(model, sd, path, backbone)
     return _freeze(model, device)
+
+
+_AS_LOADED = "as_loaded"  # internal: load into the config's modules, the caller sets the activation
+MLP_ACTIVATIONS = {"gelu": lambda: torch.nn.GELU(approximate="none"), "quick_gelu": QuickGELU}
+
+
+def set_activation(model: CLIP, activation: str) -> int:
+    """Use ``activation`` in every MLP of both towers (returns how many were set); recorded on the
+    model as ``glocal_activation`` so signatures and shared-tower keys can name it."""
+    if activation not in MLP_ACTIVATIONS:
+        raise ConfigError(f"activation must be one of {sorted(MLP_ACTIVATIONS)}, got {activation!r}")
+    count = 0
+    for tower in (model.visual.transformer, model.transformer):
+        for block in tower.resblocks:
+            block.mlp.gelu = MLP_ACTIVATIONS[activation]()
+            count += 1
+    model.glocal_activation = activation
+    return count
 
 
 def _check_known_backbone(backbone: str) -> None:
@@ -372,12 +402,14 @@ def save_openai_state_dict(model: CLIP, path: str | os.PathLike[str]) -> Path:
     return atomic_save_torch(path, openai_state_dict(model))
 
 
-def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
+def resize_positional_embedding(pos: torch.Tensor, grid: int, mode: str = "bilinear") -> torch.Tensor:
     """Resize a ViT positional table (1 + g*g, W) to (1 + grid*grid, W), CLS row kept.
 
-    Bilinear, align_corners=False, no antialias: the released code's choice (open_clip's own helper
-    is bicubic with antialias and gives different numbers).
+    align_corners=False, no antialias. Bilinear: the released GlocalCLIP/AnomalyCLIP choice;
+    bicubic: AdaCLIP's (open_clip's own helper is bicubic WITH antialias: other numbers again).
     """
+    if mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"positional resize mode must be 'bilinear' or 'bicubic', got {mode!r}")
     old = round((pos.shape[0] - 1) ** 0.5)
     if old * old + 1 != pos.shape[0]:
         raise ValueError(f"positional embedding with {pos.shape[0]} rows is not 1 + a square grid")
@@ -385,7 +417,7 @@ def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
         return pos
     width = pos.shape[1]
     patch_pos = pos[1:].reshape(1, old, old, width).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="bilinear", align_corners=False)
+    patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode=mode, align_corners=False)
     patch_pos = patch_pos.reshape(width, grid * grid).transpose(0, 1)
     return torch.cat([pos[:1], patch_pos], dim=0)
 
@@ -419,6 +451,7 @@ def load_clip_shared(
     seed: int = 0,
     weights_dir: str | os.PathLike[str] | None = None,
     allow_download: bool = False,
+    activation: str | None = None,
 ) -> CLIP:
     """`load_clip`, memoised in this process by (backbone, weights file, seed, device).
 
@@ -426,14 +459,14 @@ def load_clip_shared(
     since it was cached (version counters moved) is rebuilt rather than handed out again.
     """
     key = (backbone, _weights_key(weights, weights_dir), int(seed) if weights is None else None,
-           str(torch.device(device)))
+           str(torch.device(device)), activation)
     hit = _SHARED.get(key)
     if hit is not None and _versions(hit[0]) == hit[1]:
         _SHARED[key] = _SHARED.pop(key)  # most recently used last
         return hit[0]
     _SHARED.pop(key, None)
     model = load_clip(backbone, weights, device=device, seed=seed, weights_dir=weights_dir,
-                      allow_download=allow_download)
+                      allow_download=allow_download, activation=activation)
     while len(_SHARED) >= SHARED_MAX:
         _SHARED.pop(next(iter(_SHARED)))
     setattr(model, SHARED_FLAG, True)

@@ -49,9 +49,11 @@ class DeepTextPrompts(nn.Module):
 
 
 def _inject(x: torch.Tensor, ctx: torch.Tensor, fp16_rounding: bool) -> torch.Tensor:
-    """Replace positions 1..t of every sequence in x (P, L, W) by ctx (t, W)."""
-    t = ctx.shape[0]
-    ctx = ctx.unsqueeze(0).expand(x.shape[0], -1, -1)
+    """Replace positions 1..t of every sequence in x (P, L, W) by ctx (t, W), or by its own row of
+    ctx (P, t, W) (per-sequence prompts: AdaCLIP's image-conditioned ones)."""
+    t = ctx.shape[-2]
+    if ctx.ndim == 2:
+        ctx = ctx.unsqueeze(0).expand(x.shape[0], -1, -1)
     # the cast happens after the broadcast, as in the released code, so the backward rounds the
     # gradient of each prompt's copy to fp16 before the copies are summed
     ctx = ctx.half().to(x.dtype) if fp16_rounding else ctx.to(x.dtype)
@@ -63,10 +65,11 @@ def encode_prompts(clip: nn.Module, embeddings: torch.Tensor, token_ids: torch.T
     """Text features (P, D), not normalised: ln_final(x)[EOS] @ text_projection.
 
     ``embeddings`` (P, L, Wt) are prompt token embeddings (before positional embedding);
-    ``token_ids`` (P, L): EOS = argmax. ``deep[k]`` replaces positions 1..t before block k+2.
+    ``token_ids`` (P, L): EOS = argmax. ``deep[k]`` (t, Wt), or (P, t, Wt) one per prompt, replaces
+    positions 1..t before block k+2.
     Raises ValueError if a deep prompt would reach the EOS of a prompt.
     """
-    if deep and int(token_ids.argmax(dim=-1).min()) <= deep[0].shape[0]:
+    if deep and int(token_ids.argmax(dim=-1).min()) <= deep[0].shape[-2]:
         raise ValueError("deep prompts of length t overwrite positions 1..t, which must lie before every EOS")
     transformer = clip.transformer
     blocks = transformer.resblocks

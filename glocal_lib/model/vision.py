@@ -88,6 +88,7 @@ class DualPathVisionEncoder(nn.Module):
         image_size: int | None = None,
         fused_attention: bool = False,
         global_source: str = "original",
+        pos_resize: str = "bilinear",
     ) -> None:
         super().__init__()
         _check_supported(visual)
@@ -112,6 +113,7 @@ class DualPathVisionEncoder(nn.Module):
         self.global_ln_post = global_ln_post
         self.alias_final_layer = alias_final_layer
         self.fused_attention = fused_attention
+        self.pos_resize = pos_resize  # positional-table resize: bilinear (released GlocalCLIP) | bicubic (AdaCLIP)
         self.patch_size = int(visual.conv1.kernel_size[0])
         self.image_size = int(image_size if image_size is not None else visual.image_size[0])
         # Like CLIP's strided conv, a size that is not a multiple of the patch drops the last pixels.
@@ -150,7 +152,7 @@ class DualPathVisionEncoder(nn.Module):
         patches = patches.to(weight.dtype)  # as the released `image.type(self.dtype)`; autocast still applies
         x = patches.reshape(b, g * g, c * p * p) @ weight.reshape(weight.shape[0], -1).transpose(0, 1)
         cls = v.class_embedding.to(x.dtype).expand(b, 1, -1)
-        pos = resize_positional_embedding(v.positional_embedding, g)
+        pos = resize_positional_embedding(v.positional_embedding, g, mode=self.pos_resize)
         x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
         return v.ln_pre(x)
 
