@@ -307,10 +307,11 @@ def test_unknown_and_mistyped_notebook_parameters_are_refused():
 
 
 def test_committed_notebooks_check_their_parameters_first():
-    import nbformat
+    from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, read_source, source_path
 
-    for nb_path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
-        nb = nbformat.read(nb_path, as_version=4)
+    for name in NOTEBOOK_ORDER:
+        nb_path = source_path(name)
+        nb = read_source(nb_path)
         src = next(c.source for c in nb.cells if "open_reproduction(" in c.source)
         assert src.index("check_notebook_parameters(globals())") < src.index("repro = open_reproduction("), nb_path
 
@@ -346,11 +347,12 @@ def test_reproduce_checks_the_parameters_it_passes(monkeypatch):
 
 # ------------------------------------------------------------------ interrupted notebooks
 def _fake_papermill(monkeypatch, behaviour):
+    import nbformat
     import papermill as pm
 
     def execute_notebook(src, out, **kw):
         assert Path(out).name.endswith(".INCOMPLETE.ipynb")  # what a kill -9 leaves: never the finished name
-        Path(out).write_text('{"cells": [], "partial": true}')  # papermill writes as it goes
+        Path(out).write_text(nbformat.writes(nbformat.v4.new_notebook(metadata={"partial": True})))  # written as it goes
         behaviour()
 
     monkeypatch.setattr(pm, "execute_notebook", execute_notebook)
@@ -368,10 +370,10 @@ def test_interrupted_notebook_keeps_an_explicit_name(monkeypatch, tmp_path):
 
     _fake_papermill(monkeypatch, ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        run_notebooks(["00_data"], {}, tmp_path / "out", source_dir=tmp_path, echo=False)
+        run_notebooks(["00_data"], {}, tmp_path / "out", echo=False)
     assert sorted(p.name for p in nb_dir.iterdir()) == ["00_data.INTERRUPTED.ipynb"]
     _fake_papermill(monkeypatch, lambda: None)
-    run_notebooks(["00_data"], {}, tmp_path / "out", source_dir=tmp_path, echo=False)
+    run_notebooks(["00_data"], {}, tmp_path / "out", echo=False)
     assert sorted(p.name for p in nb_dir.iterdir()) == ["00_data.ipynb"]
 
 
@@ -383,7 +385,7 @@ def test_kill_during_reproduce_is_an_interrupt(monkeypatch, tmp_path):
     before = signal.getsignal(signal.SIGTERM)
     _fake_papermill(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
     with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
-        run_notebooks(["00_data"], {}, tmp_path / "out", source_dir=tmp_path, echo=False)
+        run_notebooks(["00_data"], {}, tmp_path / "out", echo=False)
     assert [p.name for p in (tmp_path / "out" / "notebooks").iterdir()] == ["00_data.INTERRUPTED.ipynb"]
     assert signal.getsignal(signal.SIGTERM) == before  # restored afterwards
 

@@ -21,7 +21,6 @@ from report_fakes import FakeProfile, FakeStore, fake_value, populate
 
 from glocal_lib.errors import ConfigError
 from glocal_lib.experiments import figures, kinds, paper_values, report, tables
-from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, make_notebook
 from glocal_lib.experiments.provenance import SMOKE_LABEL
 from glocal_lib.experiments.registry import load_registry
 
@@ -399,25 +398,7 @@ def test_index_lists_every_artifact_with_relative_links(fake_results: tuple) -> 
     assert "href='tables/T1.html'" in text and "/tmp" not in text.split("<main>")[1].split("runs:")[0]
 
 
-# ---------------------------------------------------------------------------------- notebooks
-def test_committed_notebooks_equal_the_generator_and_are_stripped() -> None:
-    for name in NOTEBOOK_ORDER:
-        path = REPO / "notebooks" / f"{name}.ipynb"
-        nb = nbformat.read(path, as_version=4)
-        nbformat.validate(nb)
-        fresh = make_notebook(name)
-        assert [c.source for c in nb.cells] == [c.source for c in fresh.cells], (
-            f"{path} differs from glocal_lib.experiments.notebooks; run "
-            "`python -m glocal_lib.experiments.notebooks notebooks`")
-        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(params) == 1
-        for key in ("profile", "preset", "datasets", "methods", "results_root", "data_root", "device", "precision"):
-            assert re.search(rf"^{key} = ", params[0].source, re.M), (name, key)
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert not cell.outputs and cell.execution_count is None
-
-
+# ---------------------------------------------------------------------------------- notebooks (sources: test_notebooks.py)
 def test_reproduce_cli_list_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     from glocal_lib.experiments.reproduce import reproduce_cli, select_notebooks
 

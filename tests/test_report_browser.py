@@ -6,10 +6,6 @@ Debian's `chromium` (.ci/run); without it the test is skipped and says why.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,39 +16,21 @@ from report_fakes import FakeProfile, FakeStore, populate
 from glocal_lib.experiments import kinds, report
 from glocal_lib.experiments.provenance import SMOKE_LABEL
 from glocal_lib.experiments.registry import load_registry
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--disable-dev-shm-usage"]
+from glocal_lib.experiments.screenshot import browser_screenshot, find_browser, run_browser
 
 
 def chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def run_chromium(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess[str]:
-    """Chromium with a fresh profile folder each call (no state shared between runs)."""
-    exe = chromium()
-    assert exe is not None
-    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile_dir:
-        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "HOME": profile_dir})
+    return find_browser()
 
 
 def screenshot(page: Path, out: Path, size: tuple[int, int] = (1280, 1400)) -> Path:
-    res = run_chromium([f"--screenshot={out}", f"--window-size={size[0]},{size[1]}",
-                        "--virtual-time-budget=4000", page.resolve().as_uri()])
+    res = browser_screenshot(page, out, size)
     assert out.is_file(), f"chromium wrote no screenshot (rc {res.returncode}): {res.stderr[-2000:]}"
     return out
 
 
 def dump_dom(page: Path) -> str:
-    res = run_chromium(["--dump-dom", "--virtual-time-budget=4000", page.resolve().as_uri()])
+    res = run_browser(["--dump-dom", "--virtual-time-budget=4000", page.resolve().as_uri()])
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
 

@@ -2,9 +2,9 @@
 
 Papermill injects ``-p NAME VALUE`` as plain assignments after the ``parameters`` cell, whatever the
 name: a typo such as ``-p dataset visa`` would otherwise leave ``datasets = None`` and silently run
-every dataset. The known names are the ones the ``parameters`` cell assigns (notebooks.PARAMETERS,
-the single source), so a new parameter needs no second list here, only its rule if it is not a
-plain optional string.
+every dataset. The known names are the ones the ``parameters`` cell assigns (PARAMETERS below, the
+single source: every notebook's ``parameters`` cell is this text, which a test checks), so a new
+parameter needs no second list here, only its rule if it is not a plain optional string.
 """
 
 from __future__ import annotations
@@ -20,6 +20,19 @@ from typing import Any
 
 from glocal_lib.engine.profiles import PRECISIONS
 from glocal_lib.errors import ConfigError, GlocalError
+
+PARAMETERS = '''# Parameters (papermill overrides these; `glocal reproduce` passes its options here)
+profile = "smoke"                 # smoke (synthetic data, random tiny model, CPU) | paper (real data, ViT-L/14@336, GPU)
+preset = "glocalclip-released"    # GlocalCLIP preset: glocalclip-released (train.sh) | glocalclip-paper (paper text)
+datasets = None                   # e.g. ["visa"]: only these evaluation datasets; None: all
+methods = None                    # e.g. ["GlocalCLIP", "AnomalyCLIP"]: method columns of T1/T2/TE/F3; None: all
+only = None                       # artifact ids, e.g. ["T1", "F5"]; None: every artifact of this notebook
+results_root = None               # None: the profile's (results/<profile>)
+data_root = None                  # None: the profile's (smoke: generated stand-ins; paper: $GLOCAL_DATA_ROOT)
+cache_dir = None                  # None: the profile's feature cache
+device = None                     # None: the profile's (smoke: cpu, paper: cuda)
+precision = None                  # None: the profile's; fp32 | bf16 | fp16
+progress = False                  # engine progress bars'''
 
 
 def name_list(value: Any) -> list[str] | None:
@@ -90,9 +103,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], Callable[[], str]]] = {
 
 @cache
 def parameter_defaults() -> dict[str, Any]:
-    """Name -> default of every parameter, read from the notebooks' ``parameters`` cell."""
-    from glocal_lib.experiments.notebooks import PARAMETERS
-
+    """Name -> default of every parameter, read from the notebooks' ``parameters`` cell (PARAMETERS)."""
     out: dict[str, Any] = {}
     for node in ast.parse(PARAMETERS).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -121,13 +132,19 @@ def check_parameters(values: Mapping[str, Any], source: str = "notebook paramete
 
 @cache
 def _cell_names() -> frozenset[str]:
-    """Names the notebooks' own cells assign (``data``, ``ids``...): not parameters, even when a cell is rerun."""
-    from glocal_lib.experiments import notebooks as nbs
+    """Names the notebooks' own cells assign (``data``, ``ids``...): not parameters, even when a cell is rerun.
 
-    sources = [nbs.OPEN, nbs.SHOW_TABLES, nbs.SHOW_FIGURES] + [src for _, cells in nbs.NOTEBOOKS.values()
-                                                              for kind, src in cells if kind == "code"]
-    return frozenset(n.id for src in sources for n in ast.walk(ast.parse(src))
-                     if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    Read from the notebook sources (a percent-format source is a Python file); none when they are absent.
+    """
+    from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, NOTEBOOKS_DIR
+
+    names: set[str] = set()
+    for nb in NOTEBOOK_ORDER:
+        path = NOTEBOOKS_DIR / f"{nb}.py"
+        if path.is_file():
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return frozenset(names - set(parameter_defaults()))
 
 
 def _is_user_value(name: str, value: Any) -> bool:

@@ -18,6 +18,7 @@ import pandas as pd
 from glocal_lib.errors import RunError
 from glocal_lib.experiments import kinds
 from glocal_lib.experiments import report as report_mod
+from glocal_lib.experiments import run_views, screenshot
 from glocal_lib.experiments import tables as tables_mod
 from glocal_lib.experiments.parameters import name_list
 from glocal_lib.experiments.provenance import banner_for
@@ -198,6 +199,38 @@ class Reproduction:
         return out
 
     # --- display helpers for notebooks
+    def show(self, artifact_id: str, ids: Sequence[str] | None = None) -> Any:
+        """A notebook section's one call: draw the artifact (from the saved runs) and return what shows it
+        inline; an artifact outside `ids` (the execution's `only`) is not drawn, and the section says so."""
+        from IPython.display import Markdown
+
+        if ids is not None and artifact_id not in ids:
+            return Markdown(f"*{artifact_id} is not drawn in this execution (not among the artifacts `only` selects).*")
+        return self.draw_artifact(artifact_id)
+
+    def loss_curves(self, ids: Sequence[str]) -> Any:
+        """Notebook 01: the loss curves of every finished training run the artifacts use (from losses.csv)."""
+        from IPython.display import Image, Markdown
+
+        logs = [(job.name, run.losses()) for job in self.plan(ids).train_jobs
+                if (run := self.store.train_run(job)) is not None]
+        if not logs:
+            return Markdown("*No training run is planned for these artifacts.*")
+        return Image(data=run_views.figure_png(run_views.plot_loss_curves(logs)))
+
+    def eval_metrics(self, ids: Sequence[str]) -> Any:
+        """Notebook 02: the dataset-level metrics of every finished evaluation run (from the run files)."""
+        metrics = list(self.registry.data["table_metrics"])
+        runs = [(job.name, run) for job in self.plan(ids).eval_jobs if (run := self.store.eval_run(job)) is not None]
+        return run_views.styled_metrics(run_views.metrics_table(runs, metrics), metrics)
+
+    def screenshot_index(self) -> Any:
+        """Notebook 06: `<results>/index.png`, a picture of index.html (the README's screenshot comes from
+        the smoke profile's default results folder); shown inline."""
+        from IPython.display import Image
+
+        return Image(filename=str(screenshot.index_screenshot(self.root, self.profile.name)))
+
     def show_table(self, table: tables_mod.Table) -> Any:
         from IPython.display import Markdown
 

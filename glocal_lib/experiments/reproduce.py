@@ -1,6 +1,8 @@
 """`glocal reproduce`: execute the notebooks with papermill, in dependency order, into results/<profile>/.
 
-Each executed notebook is kept under results/<profile>/notebooks/ with its log under
+The notebooks' sources are notebooks/NN_name.py (jupytext percent format); each is built into the
+.ipynb papermill executes (notebooks.build_notebooks, in a temporary folder). Each executed notebook
+is kept under results/<profile>/notebooks/ with its log under
 results/<profile>/logs/, and the seconds per notebook in results/<profile>/timings.md. Runs that
 already finished are reused by the engine, so a second reproduction only redraws. The kernel is the
 interpreter running this command (a kernelspec is written to a temporary folder of this
@@ -14,6 +16,7 @@ import argparse
 import contextlib
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -25,26 +28,16 @@ from typing import Any
 from glocal_lib.config import PRECISIONS
 from glocal_lib.errors import ConfigError, GlocalError
 from glocal_lib.experiments.kernels import KERNEL_NAME, notebook_kernels, private_kernelspec
-from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, write_notebooks
+from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, build_notebooks, record_source, source_path
 from glocal_lib.experiments.parameters import check_parameters, name_list
 from glocal_lib.experiments.registry import DEFAULT_GLOCAL_PRESET, GLOCAL_PRESETS, load_registry
 from glocal_lib.io import atomic_write_json, atomic_write_text
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-REPO_NOTEBOOKS = PACKAGE_PARENT / "notebooks"
 
 
 class NotebookFailed(GlocalError):
     """A notebook raised: the message names the notebook, the cell and the log."""
-
-
-def notebook_sources() -> Path:
-    """The notebooks folder of the checkout, or freshly generated ones for an installed package."""
-    if all((REPO_NOTEBOOKS / f"{n}.ipynb").is_file() for n in NOTEBOOK_ORDER):
-        return REPO_NOTEBOOKS
-    folder = Path(tempfile.mkdtemp(prefix="glocal-notebooks-"))
-    write_notebooks(folder)
-    return folder
 
 
 def select_notebooks(only: Sequence[str] | None, registry: Any) -> list[str]:
@@ -120,19 +113,31 @@ def run_notebooks(names: Sequence[str], parameters: dict[str, Any], out_dir: Pat
                   shared_kernel: bool = True) -> dict[str, float]:
     """Execute notebooks in order with papermill; returns seconds per notebook.
 
-    shared_kernel: one kernel for all of them, its namespace reset before each (kernels.py);
-    False: a fresh kernel per notebook.
+    source_dir: where the `<name>.py` sources are (default notebooks/; a folder holding `<name>.ipynb`
+    only is executed as is). shared_kernel: one kernel for all of them, its namespace reset before each
+    (kernels.py); False: a fresh kernel per notebook.
     """
+    build_dir = Path(tempfile.mkdtemp(prefix="glocal-notebooks-"))
+    try:
+        sources = build_notebooks(names, build_dir, source_dir)  # a missing source fails before any work
+        origins = {nb: source_path(nb, source_dir) for nb, path in sources.items() if path.parent == build_dir}
+        return _execute(names, sources, origins, parameters, out_dir, timeout=timeout, echo=echo,
+                        shared_kernel=shared_kernel)
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _execute(names: Sequence[str], sources: dict[str, Path], origins: dict[str, Path], parameters: dict[str, Any],
+             out_dir: Path, *, timeout: int | None, echo: bool, shared_kernel: bool) -> dict[str, float]:
     import papermill as pm
 
-    source_dir = source_dir or notebook_sources()
     nb_dir, log_dir = out_dir / "notebooks", out_dir / "logs"
     nb_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     with private_kernelspec(PACKAGE_PARENT), notebook_kernels(shared_kernel, os.getcwd()) as kernel:
         for nb in names:
-            src, out_path, log_path = source_dir / f"{nb}.ipynb", nb_dir / f"{nb}.ipynb", log_dir / f"{nb}.log"
+            src, out_path, log_path = sources[nb], nb_dir / f"{nb}.ipynb", log_dir / f"{nb}.log"
             if echo:
                 print(f"[reproduce] {nb} ...", flush=True)
             t = time.perf_counter()
@@ -153,7 +158,7 @@ def run_notebooks(names: Sequence[str], parameters: dict[str, Any], out_dir: Pat
                     partial = settle(running, out_path, INTERRUPTED)
                     print(f"[reproduce] {nb} interrupted; partial notebook: {partial}", file=sys.stderr, flush=True)
                     raise
-            settle(running, out_path, None)
+            record_source(settle(running, out_path, None), origins.get(nb, src))
             timings[nb] = time.perf_counter() - t
             if echo:
                 print(f"[reproduce] {nb} done in {timings[nb]:.1f} s -> {out_path}", flush=True)

@@ -1,0 +1,119 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags
+#     formats: py:percent
+#     notebook_metadata_filter: kernelspec
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03_ablations — Ablations T3, T4, T6-T10, TA, TX (paper text vs released code) and F5
+#
+# Part of `glocal reproduce` (the notebooks run in order 00 → 06). Open this file in JupyterLab (with jupytext)
+# and edit the parameters cell, or run it alone with papermill: `jupytext --to ipynb notebooks/03_ablations.py`,
+# then `papermill notebooks/03_ablations.ipynb out.ipynb -p profile smoke -p datasets '["visa"]'`.
+#
+# Each section `## <id> — <title>` draws the artifact defined under `artifacts: <id>` in
+# `glocal_lib/experiments/experiments.yaml` (its `kind` names the code that draws it) and shows it.
+
+# %% tags=["parameters"]
+# Parameters (papermill overrides these; `glocal reproduce` passes its options here)
+profile = "smoke"                 # smoke (synthetic data, random tiny model, CPU) | paper (real data, ViT-L/14@336, GPU)
+preset = "glocalclip-released"    # GlocalCLIP preset: glocalclip-released (train.sh) | glocalclip-paper (paper text)
+datasets = None                   # e.g. ["visa"]: only these evaluation datasets; None: all
+methods = None                    # e.g. ["GlocalCLIP", "AnomalyCLIP"]: method columns of T1/T2/TE/F3; None: all
+only = None                       # artifact ids, e.g. ["T1", "F5"]; None: every artifact of this notebook
+results_root = None               # None: the profile's (results/<profile>)
+data_root = None                  # None: the profile's (smoke: generated stand-ins; paper: $GLOCAL_DATA_ROOT)
+cache_dir = None                  # None: the profile's feature cache
+device = None                     # None: the profile's (smoke: cpu, paper: cuda)
+precision = None                  # None: the profile's; fp32 | bf16 | fp16
+progress = False                  # engine progress bars
+
+# %%
+from IPython.display import Markdown, display
+
+from glocal_lib.experiments import open_reproduction
+from glocal_lib.experiments.parameters import check_notebook_parameters
+
+check_notebook_parameters(globals())  # refuses unknown names (a typo such as `dataset`) and wrong types
+
+repro = open_reproduction(profile=profile, preset=preset, datasets=datasets, methods=methods,
+                          results_root=results_root, data_root=data_root, cache_dir=cache_dir,
+                          device=device, precision=precision, progress=progress)
+if repro.banner:
+    display(Markdown(f"**{repro.banner.upper()}**"))
+repro
+
+# %%
+ids = repro.artifact_ids("03_ablations", only)
+repro.require_runs(ids)  # made by 01_train / 02_evaluate: this notebook only draws
+
+# %% [markdown]
+# ## T3 — Module ablation, domain means (repository Table 2)
+
+# %%
+repro.show("T3", ids)
+
+# %% [markdown]
+# ## T4 — Single vs glocal prompts x semantic design, domain means (repository Table 3)
+
+# %%
+repro.show("T4", ids)
+
+# %% [markdown]
+# ## T6 — From AnomalyCLIP to GlocalCLIP: semantic design, global-local branch, GCL
+
+# %%
+repro.show("T6", ids)
+
+# %% [markdown]
+# ## T7 — Anchor prompt of the glocal contrastive loss: global (GSP) vs local (LSP) (repository Table 4)
+
+# %%
+repro.show("T7", ids)
+
+# %% [markdown]
+# ## T8 — GCL weight lambda sweep, domain means
+
+# %%
+repro.show("T8", ids)
+
+# %% [markdown]
+# ## T9 — Position of the abnormal learnable tokens, industrial
+
+# %%
+repro.show("T9", ids)
+
+# %% [markdown]
+# ## T10 — Position of the abnormal learnable tokens, medical
+
+# %%
+repro.show("T10", ids)
+
+# %% [markdown]
+# ## TA — Attention in the vision encoder: Q-Q, K-K, V-V (repository Table 5)
+
+# %%
+repro.show("TA", ids)
+
+# %% [markdown]
+# ## TX — What the paper says vs what the released code does
+
+# %%
+repro.show("TX", ids)
+
+# %% [markdown]
+# ## F5 — Hyper-parameter curves: (a) normal length, (b) anomaly length, (c) deep text length, (d) deep text depth
+
+# %%
+repro.show("F5", ids)

@@ -1,0 +1,78 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags
+#     formats: py:percent
+#     notebook_metadata_filter: kernelspec
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04_prompt_umap — The four prompt embeddings across epochs, UMAP (F6-F8)
+#
+# Part of `glocal reproduce` (the notebooks run in order 00 → 06). Open this file in JupyterLab (with jupytext)
+# and edit the parameters cell, or run it alone with papermill: `jupytext --to ipynb
+# notebooks/04_prompt_umap.py`, then `papermill notebooks/04_prompt_umap.ipynb out.ipynb -p profile smoke -p
+# datasets '["visa"]'`.
+#
+# Each section `## <id> — <title>` draws the artifact defined under `artifacts: <id>` in
+# `glocal_lib/experiments/experiments.yaml` (its `kind` names the code that draws it) and shows it.
+
+# %% tags=["parameters"]
+# Parameters (papermill overrides these; `glocal reproduce` passes its options here)
+profile = "smoke"                 # smoke (synthetic data, random tiny model, CPU) | paper (real data, ViT-L/14@336, GPU)
+preset = "glocalclip-released"    # GlocalCLIP preset: glocalclip-released (train.sh) | glocalclip-paper (paper text)
+datasets = None                   # e.g. ["visa"]: only these evaluation datasets; None: all
+methods = None                    # e.g. ["GlocalCLIP", "AnomalyCLIP"]: method columns of T1/T2/TE/F3; None: all
+only = None                       # artifact ids, e.g. ["T1", "F5"]; None: every artifact of this notebook
+results_root = None               # None: the profile's (results/<profile>)
+data_root = None                  # None: the profile's (smoke: generated stand-ins; paper: $GLOCAL_DATA_ROOT)
+cache_dir = None                  # None: the profile's feature cache
+device = None                     # None: the profile's (smoke: cpu, paper: cuda)
+precision = None                  # None: the profile's; fp32 | bf16 | fp16
+progress = False                  # engine progress bars
+
+# %%
+from IPython.display import Markdown, display
+
+from glocal_lib.experiments import open_reproduction
+from glocal_lib.experiments.parameters import check_notebook_parameters
+
+check_notebook_parameters(globals())  # refuses unknown names (a typo such as `dataset`) and wrong types
+
+repro = open_reproduction(profile=profile, preset=preset, datasets=datasets, methods=methods,
+                          results_root=results_root, data_root=data_root, cache_dir=cache_dir,
+                          device=device, precision=precision, progress=progress)
+if repro.banner:
+    display(Markdown(f"**{repro.banner.upper()}**"))
+repro
+
+# %%
+ids = repro.artifact_ids("04_prompt_umap", only)
+repro.require_runs(ids)  # made by 01_train / 02_evaluate: this notebook only draws
+
+# %% [markdown]
+# ## F6 — Prompt embeddings across epochs (UMAP), GlocalCLIP trained on MVTec AD
+
+# %%
+repro.show("F6", ids)
+
+# %% [markdown]
+# ## F7 — Prompt embeddings across epochs (UMAP), GlocalCLIP trained on VisA
+
+# %%
+repro.show("F7", ids)
+
+# %% [markdown]
+# ## F8 — Prompt embeddings across epochs (UMAP), GlocalCLIP trained on the medical sets
+
+# %%
+repro.show("F8", ids)
