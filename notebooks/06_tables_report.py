@@ -100,4 +100,4 @@ repro.show_table(rc) if rc is not None else Markdown("*RC is not drawn in this e
 # %%
 index = repro.build_index()
 print(f"results index: {index}")
-repro.screenshot_index()
+repro.screenshot_index(readme=only is None)  # a full reproduction refreshes the README's screenshot

@@ -215,8 +215,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _copy(site: Path, tmp_path: Path) -> Path:
-    shutil.copytree(site, tmp_path / "smoke")
-    return tmp_path / "smoke"
+    shutil.copytree(site, tmp_path / "results" / "smoke")
+    return tmp_path / "results" / "smoke"
 
 
 def test_index_picture_without_a_browser_lists_the_drawn_artifacts(site: Path, tmp_path: Path, monkeypatch) -> None:
@@ -227,7 +227,15 @@ def test_index_picture_without_a_browser_lists_the_drawn_artifacts(site: Path, t
     assert out == tmp_path / "index.png"
     with Image.open(out) as im:
         assert im.size == screenshot.SIZE and np.asarray(im.convert("L")).std() > 5
-    assert screenshot.README_SCREENSHOT.read_bytes() == before  # only the default results/smoke refreshes it
+    assert screenshot.README_SCREENSHOT.read_bytes() == before  # only a full run into results/smoke refreshes it
+    monkeypatch.setattr(screenshot, "REPO", tmp_path.parents[1])  # as if tmp_path were the checkout's results/smoke
+    readme = tmp_path.parent / "readme" / "index.png"
+    readme.parent.mkdir()
+    monkeypatch.setattr(screenshot, "README_SCREENSHOT", readme)
+    screenshot.index_screenshot(tmp_path, "smoke", readme=False)
+    assert not readme.exists()  # a subset (--only) leaves it
+    screenshot.index_screenshot(tmp_path, "smoke", readme=True)
+    assert readme.read_bytes() == out.read_bytes()
     assert not list(tmp_path.glob("*.tmp*"))
 
 

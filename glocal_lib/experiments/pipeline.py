@@ -224,12 +224,12 @@ class Reproduction:
         runs = [(job.name, run) for job in self.plan(ids).eval_jobs if (run := self.store.eval_run(job)) is not None]
         return run_views.styled_metrics(run_views.metrics_table(runs, metrics), metrics)
 
-    def screenshot_index(self) -> Any:
-        """Notebook 06: `<results>/index.png`, a picture of index.html (the README's screenshot comes from
-        the smoke profile's default results folder); shown inline."""
+    def screenshot_index(self, readme: bool = False) -> Any:
+        """Notebook 06: `<results>/index.png`, a picture of index.html, shown inline; `readme`: a full
+        reproduction, which refreshes the README's screenshot (smoke profile, default results folder)."""
         from IPython.display import Image
 
-        return Image(filename=str(screenshot.index_screenshot(self.root, self.profile.name)))
+        return Image(filename=str(screenshot.index_screenshot(self.root, self.profile.name, readme=readme)))
 
     def show_table(self, table: tables_mod.Table) -> Any:
         from IPython.display import Markdown

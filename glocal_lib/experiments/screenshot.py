@@ -1,8 +1,9 @@
 """A picture of results/<profile>/index.html, made by the reproduction (notebook 06): `<results>/index.png`.
 
 Headless Chromium renders the page when it is installed (CI installs Debian's `chromium`); without a
-browser, matplotlib draws the index's list of artifacts instead and the picture says so. The smoke
-profile's default results folder also refreshes the README's screenshot, results/readme/index.png.
+browser, matplotlib draws the index's list of artifacts instead and the picture says so. A full smoke
+reproduction into the default results folder also refreshes the README's screenshot,
+results/readme/index.png (a subset, `--only`, does not: its index is mostly "missing").
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def summary_picture(root: Path, out: Path) -> Path:
     return out
 
 
-def index_screenshot(root: str | Path, profile_name: str) -> Path:
-    """Write `<root>/index.png` from `<root>/index.html` (and the README's copy for the default smoke folder)."""
+def index_screenshot(root: str | Path, profile_name: str, readme: bool = False) -> Path:
+    """Write `<root>/index.png` from `<root>/index.html`; `readme` (a full reproduction, not a subset) also
+    refreshes the README's copy when `root` is the smoke profile's default folder."""
     root = Path(root)
     page, out = root / "index.html", root / "index.png"
     if not page.is_file():
@@ -110,6 +112,6 @@ def index_screenshot(root: str | Path, profile_name: str) -> Path:
         summary_picture(root, tmp)
     os.replace(tmp, out)
     default_smoke = (REPO / "results" / "smoke").resolve()
-    if profile_name == "smoke" and root.resolve() == default_smoke and README_SCREENSHOT.parent.is_dir():
+    if readme and profile_name == "smoke" and root.resolve() == default_smoke and README_SCREENSHOT.parent.is_dir():
         shutil.copyfile(out, README_SCREENSHOT)
     return out
