@@ -16,9 +16,8 @@ from typing import Any
 import pandas as pd
 
 from glocal_lib.errors import RunError
-from glocal_lib.experiments import kinds
+from glocal_lib.experiments import kinds, run_views, screenshot
 from glocal_lib.experiments import report as report_mod
-from glocal_lib.experiments import run_views, screenshot
 from glocal_lib.experiments import tables as tables_mod
 from glocal_lib.experiments.parameters import name_list
 from glocal_lib.experiments.provenance import banner_for
