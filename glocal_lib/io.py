@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,18 @@ def atomic_save_torch(path: PathLike, obj: Any) -> Path:
     import torch
 
     return atomic_save_with(path, lambda p: torch.save(obj, p))
+
+
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}(\.[^.]+)?")  # what mkstemp below names: .<stem>.<8 random><suffix>
+
+
+def remove_temporaries(folder: PathLike) -> list[Path]:
+    """Delete the temporary files that atomic writes killed mid-write (kill -9, a lost node) left under
+    `folder`. Only while no other process writes there (e.g. with the run's lock held)."""
+    gone = [p for p in Path(folder).rglob(".*") if p.is_file() and _TEMP_NAME.fullmatch(p.name)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def atomic_save_with(path: PathLike, save: Callable[[Path], None]) -> Path:

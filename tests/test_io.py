@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from glocal_lib.io import atomic_save_with, atomic_write_json, read_yaml, stable_hash
+from glocal_lib.io import atomic_save_with, atomic_write_json, read_yaml, remove_temporaries, stable_hash
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
@@ -41,3 +43,14 @@ def test_read_yaml_refuses_python_objects(tmp_path):
     bad.write_text("x: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(Exception, match="python/object"):
         read_yaml(bad)
+
+
+def test_remove_temporaries_deletes_only_what_a_killed_atomic_write_left(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    fd, left = tempfile.mkstemp(prefix=".latest.", suffix=".pt", dir=tmp_path / "checkpoints")  # as atomic_save_with
+    os.close(fd)
+    keep = [tmp_path / ".gitignore", tmp_path / "metrics.json", tmp_path / ".hidden.txt"]
+    for p in keep:
+        p.write_text("x")
+    assert remove_temporaries(tmp_path) == [Path(left)]
+    assert all(p.is_file() for p in keep) and not Path(left).exists()

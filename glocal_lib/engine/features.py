@@ -347,7 +347,7 @@ class FeatureCache:
                 shutil.rmtree(stale, ignore_errors=True)
             if final.exists():  # no meta.json: an incomplete folder cannot come from rename; drop it
                 shutil.rmtree(final)
-            tmp = self.root / f".{name}.tmp-{os.getpid()}"
+            tmp = self.root / f".{name}.tmp-{os.uname().nodename}-{os.getpid()}"  # unique across hosts
             tmp.mkdir()
             try:
                 try:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from glocal_lib.engine.locks import clear_write_errors, exclusive
 from glocal_lib.errors import ConfigError, RunError
-from glocal_lib.io import atomic_write_json, atomic_write_text, sha256_file, stable_hash
+from glocal_lib.io import atomic_write_json, atomic_write_text, remove_temporaries, sha256_file, stable_hash
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DONE = "DONE"
@@ -176,7 +176,9 @@ def record_failure(run_dir: Path, exc: BaseException, has_progress: bool) -> Non
 
 
 def start_run(run_dir: Path, config: dict[str, Any], device: str) -> None:
-    """Write config.json (checked against an existing one) and env.json for this attempt."""
+    """Write config.json (checked against an existing one) and env.json for this attempt, after removing
+    what an earlier attempt killed mid-write left behind (its atomic writes' temporary files)."""
+    remove_temporaries(run_dir)
     cfg_file = run_dir / "config.json"
     if cfg_file.is_file():
         old = json.loads(cfg_file.read_text())

@@ -27,6 +27,7 @@ from typing import Any
 
 from glocal_lib.config import PRECISIONS
 from glocal_lib.errors import ConfigError, GlocalError
+from glocal_lib.experiments import executors
 from glocal_lib.experiments.kernels import KERNEL_NAME, notebook_kernels, private_kernelspec
 from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, build_notebooks, record_source, source_path
 from glocal_lib.experiments.parameters import check_parameters, name_list
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild-ledger", action="store_true", help=(
         "first record every finished run of the results folder that has no ledger entry (a folder made "
         "before the ledger existed; a folder without any ledger is recorded automatically)"))
+    executors.add_arguments(p)
     return p
 
 
@@ -281,6 +283,7 @@ def reproduce_cli(argv: Sequence[str]) -> int:
                   "cache_dir": str(Path(profile.cache_dir).resolve()),
                   "device": args.device, "precision": args.precision, "progress": False}
     check_parameters(parameters, source="parameter passed to the notebooks")
+    executors.make_runs(args, parameters, ids)  # --executor ray: the plan's runs first, as Ray tasks
     t, load0 = time.perf_counter(), _loadavg()
     shared = not args.kernel_per_notebook
     with sigterm_as_interrupt():
