@@ -307,6 +307,7 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
     rows: list[dict[str, Any]] = []
     embs: list[np.ndarray] = [init]
     start_epoch, step = 1, 0
+    resume_rng = None
     latest = ckpt_dir / "latest.pt"
     if latest.is_file():
         state = _load_resume_state(latest)
@@ -315,7 +316,7 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
                 p.copy_(saved)
         optimizer.load_state_dict(state["optimizer"])
         shuffle.set_state(state["rng"]["shuffle"])
-        torch.set_rng_state(state["rng"]["torch"])
+        resume_rng = state["rng"]["torch"]
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         rows = [r for r in pd.read_csv(run_dir / "losses.csv").to_dict("records") if r["epoch"] < start_epoch]
         with np.load(run_dir / "prompt_embeddings.npz") as z:
@@ -325,6 +326,12 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
                             batch_size=profile.encode_batch(profile.eval_batch_size),
                             augment=_augmentation(model, data, spec.seed))
     timing["features_s"] = round(time.perf_counter() - t0, 4)  # cache build (or open) time
+    # the global RNG from here on depends on the run alone, not on the process's history (a cache
+    # build's DataLoader draws from it), so a run made in any worker, resumed or not, saves the same state
+    if resume_rng is not None:
+        torch.set_rng_state(resume_rng)
+    else:
+        torch.manual_seed(spec.seed)
     n = len(source)
     categories = class_names(model, data)
     keys = data.index["image_path"].astype(str).to_numpy() if getattr(model, "uses_image_keys", False) else None
