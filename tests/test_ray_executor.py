@@ -25,6 +25,8 @@ from glocal_lib.engine.runs import is_done  # noqa: E402
 from glocal_lib.experiments.executors import RayOptions, run_on_ray  # noqa: E402
 from glocal_lib.experiments.pipeline import open_reproduction  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a local baseline, a two-node cluster start and a Ray run: minutes
+
 IDS = ["T1"]
 DATASETS = ["visa", "mvtec"]
 METHODS = ["CLIP", "CoOp"]  # 2 train + 4 eval runs; both CoOp trainings can be caught mid-run
