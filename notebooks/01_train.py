@@ -37,18 +37,9 @@ precision = None                  # None: the profile's; fp32 | bf16 | fp16
 progress = False                  # engine progress bars
 
 # %%
-from IPython.display import Markdown, display
+from glocal_lib.experiments import open_notebook
 
-from glocal_lib.experiments import open_reproduction
-from glocal_lib.experiments.parameters import check_notebook_parameters
-
-check_notebook_parameters(globals())  # refuses unknown names (a typo such as `dataset`) and wrong types
-
-repro = open_reproduction(profile=profile, preset=preset, datasets=datasets, methods=methods,
-                          results_root=results_root, data_root=data_root, cache_dir=cache_dir,
-                          device=device, precision=precision, progress=progress)
-if repro.banner:
-    display(Markdown(f"**{repro.banner.upper()}**"))
+repro = open_notebook(globals())  # checks the parameters (a typo such as `dataset` is refused), shows the banner
 repro
 
 # %% [markdown]

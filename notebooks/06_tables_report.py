@@ -41,18 +41,9 @@ precision = None                  # None: the profile's; fp32 | bf16 | fp16
 progress = False                  # engine progress bars
 
 # %%
-from IPython.display import Markdown, display
+from glocal_lib.experiments import open_notebook
 
-from glocal_lib.experiments import open_reproduction
-from glocal_lib.experiments.parameters import check_notebook_parameters
-
-check_notebook_parameters(globals())  # refuses unknown names (a typo such as `dataset`) and wrong types
-
-repro = open_reproduction(profile=profile, preset=preset, datasets=datasets, methods=methods,
-                          results_root=results_root, data_root=data_root, cache_dir=cache_dir,
-                          device=device, precision=precision, progress=progress)
-if repro.banner:
-    display(Markdown(f"**{repro.banner.upper()}**"))
+repro = open_notebook(globals())  # checks the parameters (a typo such as `dataset` is refused), shows the banner
 repro
 
 # %%
@@ -81,15 +72,17 @@ repro.show("TE", ids)
 # ## RC — Check your setup: the released AnomalyCLIP checkpoints, evaluated as its test.sh does, vs its logs
 #
 # Paper profile: the two released checkpoints (`$GLOCAL_ANOMALYCLIP_CHECKPOINTS`, default
-# `weights/AnomalyCLIP/checkpoints`) evaluated as AnomalyCLIP's `test.sh` does, per category beside the
-# repository's logs, with a verdict (same as `glocal verify`). Smoke profile: stand-in checkpoints exported from
-# the AnomalyCLIP smoke training runs.
+# `weights/AnomalyCLIP/checkpoints`), evaluated by 02_evaluate as AnomalyCLIP's `test.sh` does, per category
+# beside the repository's logs, with a verdict (same as `glocal verify`). Smoke profile: stand-in checkpoints
+# exported from the AnomalyCLIP smoke training runs.
 
 # %%
+from IPython.display import Markdown
+
 from glocal_lib.experiments.verify import reproduce_rc
 
-rc = reproduce_rc(repro, ids, required=only is not None)  # None: not selected, or skipped (it printed why)
-repro.show_table(rc) if rc is not None else Markdown("*RC is not drawn in this execution.*")
+rc = reproduce_rc(repro, ids, required=only is not None)  # drawn from what 02_evaluate evaluated
+rc if rc is not None else Markdown("*RC is not drawn in this execution (not selected, or never evaluated).*")
 
 # %% [markdown]
 # ## The results index

@@ -312,8 +312,8 @@ def test_committed_notebooks_check_their_parameters_first():
     for name in NOTEBOOK_ORDER:
         nb_path = source_path(name)
         nb = read_source(nb_path)
-        src = next(c.source for c in nb.cells if "open_reproduction(" in c.source)
-        assert src.index("check_notebook_parameters(globals())") < src.index("repro = open_reproduction("), nb_path
+        first = next(c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+        assert "repro = open_notebook(globals())" in first.source, nb_path  # checks the parameters first
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from glocal_lib.experiments.kinds import kind_of
-from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER
+from glocal_lib.experiments.notebooks import NOTEBOOK_ORDER, SECTION
 from glocal_lib.experiments.provenance import SMOKE_LABEL
 from glocal_lib.experiments.registry import load_registry
 from glocal_lib.experiments.tables import read_table_csv
@@ -87,3 +87,27 @@ def test_executed_notebooks_and_index() -> None:
     for aid, _ in _artifacts():
         assert f"data-artifact='{aid}'" in index
     assert "not generated yet" not in index
+    assert (root / "index.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the index's picture (notebook 06)
+
+
+def _outputs(cell: nbformat.NotebookNode) -> set[str]:
+    return {mime for out in cell.get("outputs", []) for mime in out.get("data", {})}
+
+
+def test_every_section_shows_its_artifact_and_01_02_show_the_runs() -> None:
+    """Each `## <id> — <title>` section's cell displays its table (Markdown) or figure (PNG) inline;
+    01 shows the loss curves (PNG), 02 the metrics per evaluation run (HTML table)."""
+    root = _root()
+    for name in NOTEBOOK_ORDER:
+        nb = nbformat.read(root / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert nb.metadata["papermill"]["input_path"].endswith(f"notebooks/{name}.py"), name
+        for i, cell in enumerate(nb.cells):
+            heading = SECTION.match(cell.source) if cell.cell_type == "markdown" else None
+            if heading:
+                shown = _outputs(nb.cells[i + 1])
+                assert shown & {"text/markdown", "image/png"}, (name, heading.group(1), shown)
+                text = "".join(str(o.get("data", {}).get("text/markdown", "")) for o in nb.cells[i + 1].outputs)
+                assert "not drawn" not in text, (name, heading.group(1))
+            if cell.cell_type == "markdown" and cell.source.startswith(("## Loss curves", "## Metrics per dataset")):
+                want = "image/png" if "Loss" in cell.source else "text/html"
+                assert want in _outputs(nb.cells[i + 1]), (name, cell.source.splitlines()[0])

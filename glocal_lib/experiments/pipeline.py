@@ -8,7 +8,7 @@ files, and refuse with the missing runs' names when one is not finished (`requir
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,3 +262,18 @@ def open_reproduction(profile: str = "smoke", preset: str = DEFAULT_GLOCAL_PRESE
     registry = load_registry(profile=prof.plan_profile, glocal_preset=preset, datasets=datasets, methods=methods)
     store = ResultStore(prof, registry.data.get("lambda_selection_metrics"))
     return Reproduction(registry=registry, profile=prof, store=store, progress=progress)
+
+
+def open_notebook(namespace: Mapping[str, Any]) -> Reproduction:
+    """Every notebook's first call after its parameters cell (pass `globals()`): the parameters checked
+    (an unknown name such as `dataset`, or a wrong type, is refused), the reproduction opened with them
+    (`only` stays the notebook's own), and the not-paper-results banner shown."""
+    from IPython.display import Markdown, display
+
+    from glocal_lib.experiments.parameters import check_notebook_parameters
+
+    params = check_notebook_parameters(namespace)
+    repro = open_reproduction(**{k: v for k, v in params.items() if k != "only"})
+    if repro.banner:
+        display(Markdown(f"**{repro.banner.upper()}**"))
+    return repro
