@@ -1,6 +1,6 @@
 """`--executor ray` on a local Ray cluster (a head and a worker node, CPU only): a smoke subset's runs
 and tables are the local executor's (apart from timestamps and the results folder's own path), also
-when a worker is killed mid-run."""
+when a worker is killed mid-run; a failing run is reported with its log while the others finish."""
 
 from __future__ import annotations
 
@@ -22,8 +22,16 @@ ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from glocal_lib.engine.runs import is_done  # noqa: E402
-from glocal_lib.experiments.executors import RayOptions, run_on_ray  # noqa: E402
+from glocal_lib.errors import RunError  # noqa: E402
+from glocal_lib.experiments.executors import (  # noqa: E402
+    RayOptions,
+    _execute,
+    absolute_profile,
+    run_on_ray,
+    runtime_env,
+)
 from glocal_lib.experiments.pipeline import open_reproduction  # noqa: E402
+from glocal_lib.experiments.registry import EvalJob, Plan, TrainJob  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a local baseline, a two-node cluster start and a Ray run: minutes
 
@@ -166,4 +174,29 @@ def test_ray_runs_equal_local_runs_even_when_a_worker_is_killed(local_root: Path
     repro.store.refresh()
     repro.build_tables(IDS)
     assert_same_outputs(local_root, root)
+    # rerun: every run is found finished by its hash, nothing is submitted
+    again = run_on_ray(_open(root), IDS, RayOptions(address=cluster.address), echo=None)
+    assert [o.state for o in again] == ["skipped"] * 6
 
+
+def test_a_failing_run_is_reported_with_its_log_while_independent_runs_finish(cluster: Any, tmp_path: Path) -> None:
+    repro = _open(tmp_path / "smoke")
+    repro.prepare_data(keys=["visa"])
+    profile = absolute_profile(repro.profile)
+    bad = TrainJob("coop", "visa", overrides=(("no_such_field", 1),))
+    good = EvalJob(dataset="visa", preset="clip")
+    plan = Plan(artifacts=[])
+    plan.add_eval(EvalJob(dataset="visa", train=bad))
+    plan.add_eval(good)
+    ray.init(address=cluster.address, runtime_env=runtime_env())
+    try:
+        with pytest.raises(RunError) as err:
+            _execute(ray, plan, profile, RayOptions(poll_s=2), lambda _line: None)
+    finally:
+        ray.shutdown()
+    text = str(err.value)
+    assert "2 of 3 runs failed" in text and f"train {bad.name}: ConfigError" in text
+    assert f"not run: its training {bad.name} failed" in text
+    log = Path(text.split("(log: ", 1)[1].split(")", 1)[0])
+    assert log.is_file() and "no_such_field" in log.read_text()
+    assert len(list(profile.runs_dir("eval").glob("clip-visa-*/DONE"))) == 1  # the independent run finished
