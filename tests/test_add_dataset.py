@@ -88,3 +88,9 @@ def test_a_protocol_naming_a_dataset_without_manifest_is_refused(tmp_path):
     bad.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"liverct_typo.*have no manifest"):
         load_registry(bad)
+
+
+def test_short_names_are_unique():
+    """Tables key their rows and the published values on the short name: two datasets must not share one."""
+    names = [m.short_name for m in DATASETS.values()]
+    assert len(set(names)) == len(names), sorted(n for n in names if names.count(n) > 1)
