@@ -177,11 +177,18 @@ class KAnoCLIPDetector(nn.Module):
 
     def text_features(self, class_name: str | None = None) -> torch.Tensor:
         """(w^n, w^a) (2, D): raw means over the adjectives of the prompt features (Eq. 1-3's "features")."""
+        return self.class_text_features([class_name])[0]
+
+    def class_text_features(self, class_names: Sequence[str | None]) -> torch.Tensor:
+        """``text_features`` of several classes (C, 2, D), their prompts encoded in one text-tower pass."""
         with self.autocast():
-            emb, ids = self.text_prompts(self.clip.token_embedding, self._class_text(class_name))
+            parts = [self.text_prompts(self.clip.token_embedding, self._class_text(c)) for c in class_names]
+            emb = torch.cat([e for e, _ in parts])
+            ids = torch.cat([i for _, i in parts])
             feats = encode_prompts(self.clip, emb, ids, None).float()
+        feats = feats.reshape(len(class_names), -1, feats.shape[-1])
         n = len(self.cfg.normal_adjectives)
-        return torch.stack([feats[:n].mean(0), feats[n:].mean(0)])
+        return torch.stack([feats[:, :n].mean(1), feats[:, n:].mean(1)], dim=1)
 
     def text_embeddings(self, class_name: str | None = None) -> torch.Tensor:
         """F_text = [F_n; F_a] (2, D), L2-normalised, order (normal, anomaly)."""
@@ -197,7 +204,7 @@ class KAnoCLIPDetector(nn.Module):
         groups = list(dict.fromkeys(names))
         ctx = torch.no_grad() if frozen else contextlib.nullcontext()
         with ctx:
-            raw = torch.stack([self.text_features(g) for g in groups])  # (C, 2, D)
+            raw = self.class_text_features(groups)  # (C, 2, D)
         which = [groups.index(c) for c in names]
         idx = torch.tensor(which, device=raw.device)
         raw_b = raw[idx]
