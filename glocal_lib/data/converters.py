@@ -456,6 +456,48 @@ def convert_dagm(root: Path, m: Manifest, b: _Builder) -> None:
         b.unpaired(table, used, ldir, f"no image {cat}/{split}/<NNNN>.PNG for this label")
 
 
+def convert_bmad(root: Path, m: Manifest, b: _Builder) -> None:
+    """BMAD as MVFA-AD reorganised it (LiverCT, RESC, BrainMRI with masks): ``test/<normal>/img/*``
+    (label 0) and ``test/<anomalous>/img/*`` with masks ``test/<anomalous>/<mask_dir>/<same stem>``.
+    Other splits beside ``test/`` (train/, valid/) are not indexed; a mask folder of the normal images
+    (all-zero masks) is ignored."""
+    lay = b.layout
+    cat, split = m.categories[0], lay.get("split_dir", "test")
+    base, img_sub, mask_sub = root / split, lay["image_subdir"], lay["mask_dir"]
+    if not base.is_dir():
+        b.issues.append(error("missing_folder", f"{split}/", f"folder missing; expected {split}/"
+                              f"{lay['normal_dirs'][0]}/{img_sub}/ and {split}/{lay['anomalous_dirs'][0]}/{img_sub}/."))
+        return
+    exts, mask_exts = _exts(lay, "image_exts"), _exts(lay, "mask_exts")
+    known = list(lay["normal_dirs"]) + list(lay["anomalous_dirs"])
+    dirs, files = b.scan(base)
+    for name in files:
+        b.issues.append(warning("stray_file", f"{split}/{name}", "file is not indexed; move it out."))
+    for d in dirs:
+        if d not in known and not _hidden(d):
+            b.issues.append(error("unknown_folder", f"{split}/{d}/",
+                                  f"neither a normal ({', '.join(lay['normal_dirs'])}) nor an anomalous "
+                                  f"({', '.join(lay['anomalous_dirs'])}) folder; its images are not indexed."))
+    for d in known:
+        label = int(d in lay["anomalous_dirs"])
+        folder = base / d / img_sub
+        if not folder.is_dir():
+            b.issues.append(error("missing_folder", f"{split}/{d}/{img_sub}/",
+                                  f"{'anomalous' if label else 'normal'}-image folder is missing."))
+            continue
+        names = b.images(folder, exts)
+        if not label:
+            for n in names:
+                b.add(f"{split}/{d}/{img_sub}/{n}", "", cat, 0, "good")
+            continue
+        mdir = base / d / mask_sub
+        table, used = b.mask_table(mdir, mask_exts), set()
+        for n in names:
+            img = f"{split}/{d}/{img_sub}/{n}"
+            b.add(img, b.pair(img, table, list(lay["mask_suffixes"]), used, mdir), cat, 1, d)
+        b.unpaired(table, used, mdir, f"no image with this stem in {split}/{d}/{img_sub}/")
+
+
 CONVERTERS: dict[str, Callable[[Path, Manifest, _Builder], None]] = {
     "mvtec_style": convert_mvtec_style,
     "visa_csv": convert_visa_csv,
@@ -464,6 +506,7 @@ CONVERTERS: dict[str, Callable[[Path, Manifest, _Builder], None]] = {
     "isic": convert_isic,
     "images_masks": convert_images_masks,
     "dagm": convert_dagm,
+    "bmad": convert_bmad,
 }
 
 

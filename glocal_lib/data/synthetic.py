@@ -795,6 +795,8 @@ def _plan_from_manifest(ctx: _Ctx) -> list[_Plan]:
                                 mask_suffix=lay["mask_suffixes"][0], mask_dir=lay["mask_dir"])
     if m.converter == "images_masks":
         return _plan_images_masks(ctx)
+    if m.converter == "bmad":
+        return _plan_bmad(ctx, lay)
     if m.converter == "image_folders":
         sub, ext = lay["subdir"].strip("/"), lay["image_exts"][0]
         anom = (lay.get("anomalous_dirs") or ["anomalous"])[0]
@@ -802,6 +804,19 @@ def _plan_from_manifest(ctx: _Ctx) -> list[_Plan]:
                                  f"{sub}/{anom}/{{:03d}}.{ext}", 0, anom)
     raise ConfigError(f"no stand-in generator for {ctx.key!r} (manifest {m.path}, converter {m.converter!r}): "
                       "add a planner for its layout to glocal_lib/data/synthetic.py (_plan_category)")
+
+
+def _plan_bmad(ctx: _Ctx, lay: dict) -> list[_Plan]:
+    """BMAD / MVFA-AD: test/good/img/<n>.png and test/Ungood/img/<n>.png + test/Ungood/<mask_dir>/<n>.png;
+    numbering continues across the two folders (names never pair across them)."""
+    split, img, ext = lay.get("split_dir", "test"), lay["image_subdir"], lay["image_exts"][0]
+    good, bad, mask = lay["normal_dirs"][0], lay["anomalous_dirs"][0], lay["mask_dir"]
+    plans = [_plan(ctx, f"{split}/{good}/{img}/{i:05d}.{ext}", "", 0, "test", "good", f"good{i}")
+             for i in range(ctx.n_normal)]
+    plans += [_plan(ctx, f"{split}/{bad}/{img}/{ctx.n_normal + i:05d}.{ext}",
+                    f"{split}/{bad}/{mask}/{ctx.n_normal + i:05d}.{lay['mask_exts'][0]}", 1, "test", bad, f"anom{i}")
+              for i in range(ctx.n_anom)]
+    return plans
 
 
 def _plan_sdd(ctx: _Ctx) -> list[_Plan]:
