@@ -133,6 +133,18 @@ class KAnoCLIPConfig(MethodConfig):
             return Path(profile.results_root) / "knowledge" / f"{dataset}.json"
         return KNOWLEDGE_DIR / f"{dataset}.json"
 
+    def required_inputs(self, dataset: str, profile: Any = None) -> list[str]:
+        """What training on ``dataset`` needs besides images and weights, in words (the plan prints it)."""
+        if not self.uses_knowledge or self.knowledge_source != "file":
+            return []
+        path = self.knowledge_path(dataset, profile)
+        if getattr(profile, "synthetic", False) and not (self.knowledge_file or os.environ.get(KNOWLEDGE_ENV)):
+            return [f"knowledge file {path}: a templated stand-in, written when the run starts"]
+        state = "present" if path.is_file() else "MISSING"
+        return [f"knowledge file {path} ({state}): LLM descriptions per category and VQA descriptions per "
+                f"training image (README: 'KAnoCLIP (a reconstruction) and its knowledge file' says how to "
+                f"make it; or {KNOWLEDGE_ENV}); without it use preset kanoclip-noknowledge"]
+
     def training_inputs(self, profile: Any, data: Any) -> dict[str, Any]:
         """Files besides the images that training reads, with their SHA-256 (part of the run identity).
 

@@ -26,7 +26,7 @@ from glocal_lib.experiments.registry import load_registry
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS_MD = Path("/work/shared/spec/experiments.md")
-TABLE_IDS = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "TA", "TE", "TX"]
+TABLE_IDS = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "TA", "TE", "TX", "KT1", "KT2", "KT3"]
 FIGURE_IDS = [f"F{i}" for i in range(3, 37)]
 ALL_IDS = TABLE_IDS + ["RC"] + FIGURE_IDS  # RC: drawn by experiments.verify (tests/test_verify.py)
 

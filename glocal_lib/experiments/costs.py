@@ -98,13 +98,15 @@ def _vision_key(cfg: Any, tower: Tower) -> tuple[tuple[Any, ...], int]:
     )
     from glocal_lib.model.detector import layer_aliases
 
-    d = cfg.to_dict()
-    layers = resolve_feature_layers(tuple(d["feature_layers"] or default_feature_layers(tower.depth)), tower.depth)
-    vv = (d["vv_start_layer"] or default_vv_start_layer(tower.depth)) if d["dual_path"] else None
+    # fields other methods' configs may lack take the value their detectors use (KAnoCLIP: true layers, V-V)
+    d = {"dual_path": True, "attention": "vv", "global_ln_post": False, "alias_final_layer": False,
+         "window_scales": (), "global_source": "original", **cfg.to_dict()}
+    layers = resolve_feature_layers(tuple(d.get("feature_layers") or default_feature_layers(tower.depth)), tower.depth)
+    vv = (d.get("vv_start_layer") or default_vv_start_layer(tower.depth)) if d["dual_path"] else None
     winclip = d["method"] == "winclip"
     stored = len(d["window_scales"]) if winclip else len(set(layer_aliases(layers, vv, d["alias_final_layer"])))
     key = (winclip, tuple(d["window_scales"]) if winclip else None, vv, layers, d["attention"],
-           d["global_ln_post"], d["alias_final_layer"], d["precision"])
+           d["global_ln_post"], d["alias_final_layer"], d["precision"], d["global_source"])
     return key, stored
 
 

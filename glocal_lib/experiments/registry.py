@@ -269,11 +269,22 @@ class Registry:
         notes = ((m, (self.method(m).get("profile_notes") or {}).get(self.profile)) for m in methods)
         return [f"{m} ({self.profile} profile): {note}" for m, note in notes if note]
 
-    def protocol(self, which: str, domain: str) -> list[tuple[str, list[str]]]:
-        """(train set, eval sets) pairs of the profile's main or ablation protocol, filtered."""
+    def protocol_name(self, which: str) -> str:
+        """The protocol this profile runs for `which`: "main"/"ablation" (the profile's main_protocol /
+        ablation_protocol), or a protocol named by an artifact (e.g. another paper's), which the profile
+        may replace (profiles.<p>.protocols: {name: the one to run}, e.g. a quick smoke version)."""
         prof = self.data["profiles"][self.profile]
-        name = prof[f"{which}_protocol"]
-        pairs = self.data["protocols"][name][domain]
+        if f"{which}_protocol" in prof:
+            return str(prof[f"{which}_protocol"])
+        name = str((prof.get("protocols") or {}).get(which, which))
+        if name not in self.data["protocols"]:
+            raise ConfigError(f"{self.source}: protocol {name!r} is not defined under protocols: "
+                              f"(known: {', '.join(self.data['protocols'])})")
+        return name
+
+    def protocol(self, which: str, domain: str) -> list[tuple[str, list[str]]]:
+        """(train set, eval sets) pairs of the profile's main or ablation protocol (or a named one), filtered."""
+        pairs = self.data["protocols"][self.protocol_name(which)].get(domain, [])
         out = []
         for p in pairs:
             evals = [d for d in p["eval"] if self.keep(d)]

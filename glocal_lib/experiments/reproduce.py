@@ -271,6 +271,8 @@ def reproduce_cli(argv: Sequence[str]) -> int:
         print(plan.summary())
         for job in plan.train_jobs:
             print(f"  train {job.name}")
+            for need in _required_inputs(job, profile):
+                print(f"        needs {need}")
         for ejob in plan.eval_jobs:
             print(f"  eval  {ejob.name}")
         print(priced_plan(registry, ids, profile, args.costs))
@@ -297,6 +299,16 @@ def reproduce_cli(argv: Sequence[str]) -> int:
     print(f"[reproduce] seconds per notebook (also in {root / 'timings.md'}):\n{table}")
     print(f"[reproduce] {len(names)} notebooks in {total:.0f} s; results index: {root / 'index.html'}")
     return 0
+
+
+def _required_inputs(job: Any, profile: Any) -> list[str]:
+    """Files a training job needs besides the data and weights (e.g. KAnoCLIP's knowledge file), from
+    its config's optional ``required_inputs`` hook."""
+    from glocal_lib.engine.modeling import model_config
+
+    cfg = model_config(job.preset, job.overrides_dict)
+    hook = getattr(cfg, "required_inputs", None)
+    return list(hook(job.train_dataset, profile)) if callable(hook) else []
 
 
 def draw_cli(args: argparse.Namespace, ids: list[str], datasets: list[str] | None, methods: list[str] | None,

@@ -29,13 +29,14 @@ from glocal_lib.experiments.tables import (
 
 
 def method_cells(reg: Registry, art: dict[str, Any]) -> list[Cell]:
-    """One cell per method x kept dataset of the artifact, under the main protocol (method-major)."""
+    """One cell per method x kept dataset of the artifact, under the main protocol (method-major), or
+    the artifact's own `protocol` (another paper's training/evaluation pairs, e.g. KAnoCLIP's)."""
     wanted = [d for d in art["datasets"] if reg.keep(d)]
     domains = [art["domain"]] if "domain" in art else sorted({reg.domain_of(d) for d in wanted})
     cells: list[Cell] = []
     for m in reg.methods_of(art):
         for dom in domains:
-            cells += reg.cells_for(reg.method(m), m, dom, "main", wanted)
+            cells += reg.cells_for(reg.method(m), m, dom, art.get("protocol", "main"), wanted)
     return cells
 
 
@@ -67,8 +68,10 @@ def table_metrics(reg: Registry, art: dict[str, Any]) -> list[str]:
 class ComparisonTable(_MethodTable):
     """Rows = datasets + Mean, columns = method x metric (T1, T2): any paper's "Table N, reproduced vs
     published" is an entry of this kind. Keys: `domain` (protocol), `datasets`, `methods` (columns),
-    optional `metrics`; `paper: {file, table, domain}` filters the transcribed CSV (long format of
-    glocal_lib/experiments/paper), optional `paper.methods: {our column: name in that CSV}`."""
+    optional `metrics` and `protocol` (a named protocol instead of the main one); `paper: {file, table,
+    domain}` filters the transcribed CSV (long format of glocal_lib/experiments/paper), optional
+    `paper.methods: {our column: name in that CSV}`, `paper.datasets: {our key: printed name, or null =
+    no published row}`, `paper.metric_names: {AUROC: AUC}` and `paper.note`."""
 
     required = (*_MethodTable.required, "domain", "paper")
     headline = True
@@ -81,7 +84,16 @@ class ComparisonTable(_MethodTable):
         datasets = [d for d in art["datasets"] if reg.keep(d)]
         metrics = table_metrics(reg, art)
         named = dict(paper_cfg.get("methods") or {})
+        paper_names = dict(paper_cfg.get("datasets") or {})  # our key -> the dataset as the CSV prints it
+        metric_names = dict(paper_cfg.get("metric_names") or {})  # registry paper metric -> the CSV's
         by_cell = {(c.row, c.dataset): c for c in self.cells(reg, aid, art)}
+        if "protocol" in art:  # another paper's protocol, which a profile may shorten (smoke)
+            skipped = [d for d in datasets if not any(ds == d for _, ds in by_cell)]
+            datasets = [d for d in datasets if d not in skipped]
+            if skipped:
+                ctx.notes.append(f"not evaluated under this profile's protocol "
+                                 f"({reg.protocol_name(art['protocol'])}): "
+                                 f"{', '.join(reg.dataset_name(d) for d in skipped)}")
         out = []
         for method in reg.methods_of(art):
             entry = reg.method(method)
@@ -96,8 +108,10 @@ class ComparisonTable(_MethodTable):
                 res = ctx.cell(cell) if cell is not None else CellResult(missing=True)
                 for m in metrics:
                     level, pm = paper_metric(reg, m)
-                    pv = lookup(paper, table=paper_cfg["table"], domain=paper_cfg.get("domain", domain),
-                                dataset=reg.dataset_name(ds), method=published_as, level=level, metric=pm)
+                    printed = paper_names.get(ds, reg.dataset_name(ds))  # None: the paper has no such row
+                    pv = np.nan if printed is None else lookup(
+                        paper, table=paper_cfg["table"], domain=paper_cfg.get("domain", domain), dataset=printed,
+                        method=published_as, level=level, metric=metric_names.get(pm, pm))
                     rv = pct(res.values, m)
                     if not math.isnan(rv):
                         per_metric[m].append(rv)
@@ -108,7 +122,7 @@ class ComparisonTable(_MethodTable):
             for m in metrics:
                 level, pm = paper_metric(reg, m)
                 pv = lookup(paper, table=paper_cfg["table"], domain=paper_cfg.get("domain", domain), dataset="Mean",
-                            method=published_as, level=level, metric=pm)
+                            method=published_as, level=level, metric=metric_names.get(pm, pm))
                 vals = per_metric[m]
                 out.append(long_row(aid, domain=domain, row=method, dataset="Mean", metric=m,
                                reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv,

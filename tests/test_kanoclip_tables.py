@@ -1,0 +1,107 @@
+"""KAnoCLIP's tables in the harness: its own protocol (MVTec AD -> everything), the smoke shortcut of
+Table 3, published values looked up under the CSV's names, and the plan naming the knowledge file."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from report_fakes import FakeProfile, FakeStore, populate
+
+from glocal_lib.errors import ConfigError
+from glocal_lib.experiments import kinds
+from glocal_lib.experiments.registry import REGISTRY_FILE, load_registry
+
+PAPER = Path(__file__).resolve().parents[1] / "glocal_lib" / "experiments" / "paper"
+
+
+def _published(file: str, dataset: str, method: str, level: str) -> float:
+    with open(PAPER / file, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if (r["dataset"], r["method"], r["level"]) == (dataset, method, level)]
+    assert len(rows) == 1
+    return float(rows[0]["value"])
+
+
+def test_cells_follow_kanoclips_protocol():
+    for profile, t3 in (("paper", {("mvtec", "visa"), ("visa", "mvtec")}), ("smoke", {("mvtec", "visa")})):
+        reg = load_registry(profile=profile)
+        kt1 = {(c.train_dataset, c.dataset) for c in reg.artifact_cells("KT1") if c.row == "KAnoCLIP"}
+        assert kt1 == {("mvtec", d) for d in ("visa", "mpdd", "btad", "sdd", "dagm")} | {("visa", "mvtec")}
+        kt2 = [c for c in reg.artifact_cells("KT2") if c.row == "KAnoCLIP"]
+        assert {c.train_dataset for c in kt2} == {"mvtec"} and len(kt2) == 7  # medical too: MVTec-trained
+        kt3 = reg.artifact_cells("KT3")
+        assert {c.row for c in kt3} == {"KAnoCLIP-R1", "KAnoCLIP-R2", "KAnoCLIP-R3", "KAnoCLIP-R4", "KAnoCLIP"}
+        assert {(c.train_dataset, c.dataset) for c in kt3} == t3
+    # the T1 column trains like the other methods (and shares KT1's runs)
+    reg = load_registry(profile="smoke")
+    t1 = {c.candidates for c in reg.artifact_cells("T1") if c.row == "KAnoCLIP" and c.dataset == "visa"}
+    kt = {c.candidates for c in reg.artifact_cells("KT1") if c.row == "KAnoCLIP" and c.dataset == "visa"}
+    assert t1 == kt
+
+
+def test_unknown_named_protocol_is_a_clear_error(tmp_path):
+    data = yaml.safe_load(REGISTRY_FILE.read_text(encoding="utf-8"))
+    data["artifacts"]["KT1"]["protocol"] = "nope"
+    path = tmp_path / "experiments.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match="protocol 'nope' is not defined"):
+        load_registry(path, profile="smoke").artifact_cells("KT1")
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, FakeStore, Path]:
+    root = tmp_path_factory.mktemp("results") / "smoke"
+    reg = load_registry(profile="smoke")
+    store = FakeStore(FakeProfile("smoke", root))
+    populate(reg, store, ["KT1", "KT2", "KT3"])
+    return reg, store, root
+
+
+def _cell(table, dataset, row, metric):
+    d = table.data
+    hit = d[(d["dataset"] == dataset) & (d["row"] == row) & (d["metric"] == metric)]
+    assert len(hit) == 1, (dataset, row, metric)
+    return hit.iloc[0]
+
+
+def test_published_values_under_the_papers_names(fake):
+    reg, store, root = fake
+    kw = {"tables_dir": root / "tables", "figures_dir": root / "figures"}
+    t1 = kinds.draw("KT1", reg, store, **kw)
+    row = _cell(t1, "MVTec AD", "KAnoCLIP", "image_auroc")
+    assert row["paper"] == _published("kanoclip_table1.csv", "MVTec-AD", "KAnoCLIP", "image")
+    assert row["reproduced"] == row["reproduced"]  # a value (fake run), not NaN
+    assert _cell(t1, "DAGM", "AnomalyCLIP", "pixel_auroc")["paper"] == _published(
+        "kanoclip_table1.csv", "DAGM", "AnomalyCLIP", "pixel")
+    t2 = kinds.draw("KT2", reg, store, **kw)
+    assert _cell(t2, "BrainMRI (BMAD)", "KAnoCLIP", "pixel_auroc")["paper"] == _published(
+        "kanoclip_table2.csv", "BrainMRI", "KAnoCLIP", "pixel")
+    kaggle = _cell(t2, "BrainMRI", "KAnoCLIP", "image_auroc")
+    assert kaggle["paper"] != kaggle["paper"]  # NaN: a different BrainMRI than the paper's
+    assert any("different dataset" in n for n in t2.notes)
+    assert any("reconstruction" in n and "4 learnable tokens" in n for n in t2.notes)  # smoke shortcuts printed
+    t3 = kinds.draw("KT3", reg, store, **kw)
+    assert set(t3.data["dataset"]) == {"VisA", "Mean"}  # smoke: one training run per row
+    assert any("kanoclip_ablation_quick): MVTec AD" in n for n in t3.notes)
+    for i in range(1, 5):
+        assert _cell(t3, "VisA", f"KAnoCLIP-R{i}", "image_auroc")["paper"] == _published(
+            "kanoclip_table3.csv", "VisA", f"Ablation row {i}", "image")
+    assert _cell(t3, "VisA", "KAnoCLIP", "pixel_auroc")["paper"] == _published(
+        "kanoclip_table3.csv", "VisA", "Ablation row 5", "pixel")
+
+
+def test_paper_plan_names_the_knowledge_file(capsys, monkeypatch, tmp_path):
+    from glocal_lib.experiments.reproduce import reproduce_cli as main
+
+    monkeypatch.delenv("GLOCAL_KANOCLIP_KNOWLEDGE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--profile", "paper", "--list", "--only", "KT1", "--results-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "needs knowledge file knowledge/mvtec.json (MISSING)" in out and "kanoclip-noknowledge" in out
+    (tmp_path / "knowledge").mkdir()
+    (tmp_path / "knowledge" / "visa.json").write_text("{}")
+    assert main(["--profile", "paper", "--list", "--only", "KT1", "--results-root", str(tmp_path)]) == 0
+    assert "knowledge/visa.json (present)" in capsys.readouterr().out
