@@ -164,7 +164,7 @@ def test_zero_shot_and_published_only_methods(profile: str) -> None:
         cells = [c for c in reg.artifact_cells(aid) if c.row == "AdaCLIP"]
         assert all(not c.candidates for c in cells), aid
     # zero-shot runs never add training runs: WinCLIP adds exactly one eval run per dataset of T1+T2
-    no_win = load_registry(profile=profile, methods=["CLIP", "CoOp", "AnomalyCLIP", "GlocalCLIP"])
+    no_win = load_registry(profile=profile, methods=[m for m in reg.data["methods"] if m != "WinCLIP"])
     full, base = reg.plan(["T1", "T2", "TE", "F3"]), no_win.plan(["T1", "T2", "TE", "F3"])
     assert [j.name for j in full.train_jobs] == [j.name for j in base.train_jobs]
     n_datasets = len(reg.artifact("T1")["datasets"]) + len(reg.artifact("T2")["datasets"])
@@ -173,8 +173,9 @@ def test_zero_shot_and_published_only_methods(profile: str) -> None:
 
 def test_smoke_plan_stays_modest() -> None:
     plan = load_registry(profile="smoke").plan()
-    # 140 + the 15 zero-shot WinCLIP runs of T1/T2 (~2 s each on the smoke profile)
-    assert len(plan.train_jobs) <= 40 and len(plan.eval_jobs) <= 155, plan.summary()
+    # 140 + the 15 zero-shot WinCLIP runs of T1/T2 (~2 s each on the smoke profile) + 27 of KAnoCLIP's
+    # tables (KT1-KT3: its protocol evaluates MVTec-trained models on DAGM and 7 medical sets)
+    assert len(plan.train_jobs) <= 40 and len(plan.eval_jobs) <= 182, plan.summary()
 
 
 # ------------------------------------------------------------------------------ paper values
