@@ -70,6 +70,7 @@ class Vip2ClipConfig(MethodConfig):
     global_loss_weight: float = 1.0
     focal_gamma: float = 2.0
     fgp_lr_scale: float = 0.01  # FGP's learning rate = lr * this (released: learning_rate * 0.01)
+    epochs: int = 10  # the released recipe (train.sh); the engine caps it by the profile's epochs (smoke 2)
     adam_betas: tuple[float, float] = (0.9, 0.999)  # torch's defaults, as train.py leaves them
 
     precision: str = "fp32"
@@ -79,7 +80,7 @@ class Vip2ClipConfig(MethodConfig):
         _check_choice("fgp_scale", self.fgp_scale, FGP_SCALES)
         _check_choice("image_score", self.image_score, IMAGE_SCORES)
         _check_choice("map_reduction", self.map_reduction, MAP_REDUCTIONS)
-        for name in ("n_ctx", "n_cls", "ica_hidden", "fgp_heads", "topk"):
+        for name in ("n_ctx", "n_cls", "ica_hidden", "fgp_heads", "topk", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"vip2clip config: {name} must be >= 1, got {getattr(self, name)}")
         if not all(0 <= b < 1 for b in self.adam_betas):

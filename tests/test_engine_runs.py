@@ -23,6 +23,11 @@ def test_profiles_are_data_with_overrides(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("GLOCAL_DATA_ROOT_VISA", "/elsewhere/visa")
     paper = load_profile("paper")
     assert (paper.backbone, paper.image_size, paper.epochs, paper.banner) == ("ViT-L-14-336-quickgelu", 518, 15, "")
+    from glocal_lib.config import load_preset
+    from glocal_lib.engine import TrainSpec
+
+    vip2 = load_preset("vip2clip-released")  # a method's own recipe, capped by the profile's budget
+    assert [TrainSpec("x", preset="vip2clip-released").resolved(p, vip2).epochs for p in (paper, smoke)] == [10, 2]
     assert paper.dataset_root("mvtec") == Path("/data/x/mvtec")
     assert paper.dataset_root("visa") == Path("/elsewhere/visa")
     assert load_profile("paper", image_size=336).image_size == 336
