@@ -303,6 +303,7 @@ def test_every_table_writes_csv_md_html_with_provenance_and_smoke_label(fake_res
     (root / "datasets").mkdir(parents=True, exist_ok=True)  # what notebook 00_data records
     pd.DataFrame({"image_path": ["a", "b", "c"], "category": ["x", "x", "x"], "label": [0, 1, 1],
                   "split": ["test"] * 3}).to_csv(root / "datasets" / "sdd.csv", index=False)
+    store.refresh()  # the store caches what it read (earlier tables' sample-size notes read "no index")
     built = kinds.build_tables(reg, store, None, root / "tables")
     assert sorted(built) == sorted(TABLE_IDS)
     for aid in TABLE_IDS:

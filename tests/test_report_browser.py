@@ -6,6 +6,7 @@ Debian's `chromium` (.ci/run); without it the test is skipped and says why.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ def build_fake_site(root: Path) -> Path:
     profile = FakeProfile("smoke", root)
     store = FakeStore(profile)
     populate(reg, store)
-    kinds.build_tables(reg, store, ["T1", "T3", "TX"], root / "tables")
+    kinds.build_tables(reg, store, ["T1", "T2", "T3", "T7", "TE", "TX"], root / "tables")
     kinds.build_figures(reg, store, ["F3", "F5", "F9"], root / "figures")
     return report.build_index(reg, root, profile)
 
@@ -76,3 +77,23 @@ def test_table_page_renders(site: Path, tmp_path: Path) -> None:
     assert SMOKE_LABEL in dom and "provenance" in dom and "GlocalCLIP" in dom
     shot = screenshot(page, tmp_path / "t1.png", size=(1400, 900))
     assert np.asarray(Image.open(shot).convert("L")).std() > 5
+
+
+def rendered_width(page: Path, width: int) -> int:
+    """The page's laid-out width (document scrollWidth) in a `width`-px wide window."""
+    probe = page.with_name(f"{page.stem}.width-probe.html")
+    probe.write_text(page.read_text(encoding="utf-8").replace(
+        "</body>", "<script>document.body.setAttribute('data-width', document.documentElement.scrollWidth)"
+                   "</script></body>"), encoding="utf-8")
+    res = run_browser(["--dump-dom", f"--window-size={width},900", "--virtual-time-budget=4000",
+                        probe.resolve().as_uri()])
+    probe.unlink()
+    found = re.search(r'data-width="(\d+)"', res.stdout)
+    assert found, res.stderr[-2000:]
+    return int(found.group(1))
+
+
+@pytest.mark.parametrize("aid", ["T1", "T2", "T3", "T7", "TE", "TX"])
+def test_tables_are_readable_at_1400_px(site: Path, aid: str) -> None:
+    """No horizontal scrolling at 1400 px: the proposed method's column is on screen."""
+    assert rendered_width(site.parent / "tables" / f"{aid}.html", 1400) <= 1400

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from glocal_lib.data.registry import load_manifest  # noqa: E402
+from glocal_lib.errors import RunError  # noqa: E402
 from glocal_lib.experiments import provenance as prov_mod  # noqa: E402
 from glocal_lib.io import atomic_save_with, atomic_write_json  # noqa: E402
 
@@ -63,10 +64,14 @@ def sample_for(run: Any, *, image_path: str | None = None, category: str | None 
     (anomalous first), or the k-th overall; None when the run has no such sample."""
     if run is None:
         return None
+    index = Path(run.path) / "samples" / "index.csv"
+    if not index.is_file():  # evaluated without saved samples (samples_per_category 0)
+        return None
     try:
         samples = run.samples()
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as err:
+        raise RunError(f"{index} is unreadable ({err}): the run {run.run_id} is damaged; delete {run.path} and "
+                       "rerun notebook 02_evaluate to remake it") from None
     if image_path is not None:
         samples = samples[samples["image_path"].astype(str) == image_path]
     elif category is not None:

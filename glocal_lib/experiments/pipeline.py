@@ -150,7 +150,7 @@ class Reproduction:
 
     # --- drawing (from the results folder only: the run ledger, run files and recorded data indexes)
     def record_data_indexes(self, data: dict[str, Any]) -> list[Path]:
-        """Save each prepared dataset's test-set index (`<results>/datasets/<key>.csv`: category, label)
+        """Save each prepared dataset's test-set index (`<results>/datasets/<key>.csv`: category, label, has_mask)
         so that T5 and the sample sizes are drawn later without the data."""
         out = []
         for key, info in data.items():
@@ -158,7 +158,9 @@ class Reproduction:
             if "split" in idx.columns:
                 idx = idx[idx["split"] == "test"]
             cols = [c for c in ("category", "label") if c in idx.columns]
-            out.append(atomic_write_text(self.root / DATA_INDEX_DIR / f"{key}.csv", idx[cols].to_csv(index=False)))
+            rec = idx[cols].assign(has_mask=idx["mask_path"].fillna("").astype(str).str.strip() != "") \
+                if "mask_path" in idx.columns else idx[cols]
+            out.append(atomic_write_text(self.root / DATA_INDEX_DIR / f"{key}.csv", rec.to_csv(index=False)))
         return out
 
     def build_tables(self, ids: Sequence[str], data: dict[str, Any] | None = None) -> dict[str, tables_mod.Table]:

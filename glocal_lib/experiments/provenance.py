@@ -30,12 +30,9 @@ def banner_for(profile: Any) -> str:
 
 def code_commit() -> str:
     """Commit of the code that drew the artifact (the runs record their own in env.json)."""
-    try:
-        from glocal_lib.engine.runs import git_commit
+    from glocal_lib.engine.runs import git_commit
 
-        git = git_commit()
-    except Exception:  # noqa: BLE001 - provenance must never break drawing
-        return "unknown"
+    git = git_commit()  # {"commit": "unknown"} outside a git checkout or without git
     return f"{git.get('commit', 'unknown')}{'+dirty' if git.get('dirty') else ''}"
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from glocal_lib.errors import RunError
 from glocal_lib.experiments import provenance as prov_mod
 from glocal_lib.experiments.kinds import kind_of
 from glocal_lib.experiments.registry import Registry
@@ -37,11 +38,18 @@ nav{margin:.6em 0;line-height:1.8}table.headline{margin:.4em 0;font-size:12px}
 table.headline caption{text-align:left;font-weight:600}"""
 
 
+def _unreadable(path: Path, err: Exception) -> RunError:
+    return RunError(f"{path} is unreadable ({err}); redraw it: glocal reproduce --draw (or rerun its notebook)")
+
+
 def _prov(path: Path) -> dict[str, Any] | None:
+    """An artifact's provenance sidecar; None when it was never drawn."""
+    if not path.is_file():
+        return None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as err:
+        raise _unreadable(path, err) from None
 
 
 def _card(reg: Registry, root: Path, aid: str, art: dict[str, Any], is_table: bool) -> tuple[str, bool]:
@@ -78,8 +86,8 @@ def _headline(csv: Path, method: str = "GlocalCLIP") -> str:
 
     try:
         df = read_table_csv(csv)
-    except (OSError, ValueError):
-        return ""
+    except (OSError, ValueError) as err:
+        raise _unreadable(csv, err) from None
     rows = df[(df["row"] == method) & (df["dataset"] == "Mean")]
     if rows.empty:
         return ""

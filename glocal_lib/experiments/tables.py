@@ -36,6 +36,10 @@ LEGEND = ("each cell: reproduced / published (reproduced − published); — = n
 MISSING_NOTE = "not run yet"
 SELECTION_NAN_NOTE = "a selection metric undefined on a run (NaN) is left out of its mean, not counted"
 MARK = "†"
+MEAN_MARK = "‡"
+INCONSISTENT_MEAN = "published Mean ≠ mean of the published rows"
+INCONSISTENT_MEAN_NOTE = (f"{MEAN_MARK} = the paper's own inconsistency: its printed Mean differs from the mean of "
+                          "its printed rows by more than rounding (0.1)")
 DIFF_NOTE = "difference of the two settings (B − A)"
 
 
@@ -126,7 +130,8 @@ def cell_text(r: pd.Series, digits: int = 1) -> str:
     mark = MARK if bool(r.get("lambda_selected_on_test")) and not pd.isna(r["reproduced"]) else ""
     if mark and not pd.isna(r.get("selected_lambda")):
         mark += f"λ={r['selected_lambda']:g}"
-    text = f"{_reproduced_text(r, digits)}{mark} / {_fmt_num(r['paper'], digits)}"
+    flag = MEAN_MARK if INCONSISTENT_MEAN in str(r.get("note") or "") else ""
+    text = f"{_reproduced_text(r, digits)}{mark} / {_fmt_num(r['paper'], digits)}{flag}"
     if not pd.isna(r["diff"]):
         text += f" ({_fmt_num(r['diff'], digits, '+')})"
     return text
@@ -150,7 +155,7 @@ def pivot(table: Table, data: pd.DataFrame | None = None) -> pd.DataFrame:
 def _groups(table: Table) -> list[tuple[str | None, pd.DataFrame]]:
     if table.group_by is None:
         return [(None, table.data)]
-    return [(str(g), d) for g, d in table.data.groupby(table.group_by, sort=False)]
+    return [(METRIC_LABELS.get(str(g), str(g)), d) for g, d in table.data.groupby(table.group_by, sort=False)]
 
 
 def _md_table(wide: pd.DataFrame) -> str:

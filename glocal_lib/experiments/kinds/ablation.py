@@ -39,6 +39,21 @@ def row_label(reg: Registry, spec: dict[str, Any]) -> str:
     return f"{pl} ({vlabel})" if pl and pl != vlabel else vlabel
 
 
+def identical_rows(rows: list[dict[str, Any]], digits: int = 1) -> list[str]:
+    """'rows A and B are identical in every printed cell' for rows whose reproduced values agree at the
+    printed precision (and exist): a reader seeing two equal rows is told it is not a copy error."""
+    values: dict[str, list[float]] = {}
+    for r in rows:
+        values.setdefault(r["row"], []).append(r["reproduced"])
+    labels, out = list(values), []
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            va, vb = np.round(values[a], digits), np.round(values[b], digits)
+            if len(va) == len(vb) and np.isfinite(va).any() and np.array_equal(va, vb, equal_nan=True):
+                out.append(f"rows '{a}' and '{b}' are identical in every printed cell")
+    return out
+
+
 @register_kind("ablation_table")
 class AblationTable(Kind):
     """Rows = `rows` (variants), columns = domain x metric; each cell a mean over the domain's datasets."""
@@ -69,6 +84,7 @@ class AblationTable(Kind):
                     out.append(long_row(aid, domain=dom, row=label, dataset="Mean", metric=m,
                                    reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv,
                                    run_ids=" ".join(i for r in ok for i in r.run_ids), note=note))
+        ctx.notes += identical_rows(out)
         prot = reg.data["profiles"][reg.profile]["ablation_protocol"]
         ctx.notes.append(f"domain means over the '{prot}' protocol: " + "; ".join(
             f"{d}: " + ", ".join(f"{t}->{'/'.join(e)}" for t, e in reg.protocol("ablation", d))
@@ -76,7 +92,7 @@ class AblationTable(Kind):
         if any(reg.variant(r["variant"]).get("lambda") not in (None, "select") for r in art["rows"]):
             ctx.notes.append("ablation variants train with a fixed lambda (see the variant); the lambda "
                              "picked on test data appears only in T1/T2/TX")
-        return TableBody(out, ["row"], ["domain", "metric"])
+        return TableBody(out, ["row"], ["metric"], "domain")
 
 
 @register_kind("released_vs_paper")
@@ -121,4 +137,4 @@ class ReleasedVsPaper(Kind):
                                        **common))
                         out.append(long_row(aid, row="B − A", reproduced=vb - va, note=DIFF_NOTE, **common))
         ctx.notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
-        return TableBody(out, ["dataset"], ["row", "metric"], "section")
+        return TableBody(out, ["dataset", "row"], ["metric"], "section")

@@ -18,7 +18,10 @@ from glocal_lib.experiments.paper_values import category_key, load_paper_table, 
 from glocal_lib.experiments.registry import Cell, Registry
 from glocal_lib.experiments.results import CellResult
 from glocal_lib.experiments.tables import (
+    INCONSISTENT_MEAN,
+    INCONSISTENT_MEAN_NOTE,
     MARK,
+    METRIC_LABELS,
     MISSING_NOTE,
     SELECTION_NAN_NOTE,
     lam_of,
@@ -38,6 +41,40 @@ def method_cells(reg: Registry, art: dict[str, Any]) -> list[Cell]:
         for dom in domains:
             cells += reg.cells_for(reg.method(m), m, dom, art.get("protocol", "main"), wanted)
     return cells
+
+
+def inconsistent_mean(mean: float, rows: list[float]) -> bool:
+    """Whether a printed Mean disagrees with its printed rows beyond rounding (each printed to 0.1: the
+    mean of rounded rows is within 0.05 of the true mean, the printed Mean within 0.05 of it). Rows
+    without a printed value (an image-level set's pixel metrics) are not part of the printed Mean."""
+    rows = [v for v in rows if not math.isnan(v)]
+    if math.isnan(mean) or len(rows) < 2:
+        return False
+    return abs(float(np.mean(rows)) - mean) > 0.1 + 1e-9
+
+
+def cross_check(reg: Registry, rows: list[dict[str, Any]], cross: dict[str, Any]) -> list[str]:
+    """Where the published dataset means of these rows differ from another table's published value for
+    the same (dataset, method, metric), e.g. TE's AnomalyCLIP-paper values vs GlocalCLIP's Table 1 (T1)."""
+    other = load_paper_table(cross["file"])
+    differ, compared = [], 0
+    for r in rows:
+        if r["category"] != "mean" or math.isnan(r["paper"]):
+            continue
+        level, pm = paper_metric(reg, r["metric"])
+        pv = lookup(other, table=cross["table"], domain=r["domain"], dataset=r["dataset"], method=r["row"],
+                    level=level, metric=pm)
+        if math.isnan(pv):
+            continue
+        compared += 1
+        if abs(pv - r["paper"]) > 1e-9:
+            differ.append(f"{r['row']} {r['dataset']} {METRIC_LABELS.get(r['metric'], r['metric'])} "
+                          f"{r['paper']:g} here vs {pv:g}")
+    if not differ:
+        return []
+    shown = "; ".join(differ[:4]) + (f"; ... (+{len(differ) - 4})" if len(differ) > 4 else "")
+    return [f"published means here contradict {cross['artifact']}'s published values ({cross['file']}, "
+            f"{cross['table']}) in {len(differ)} of {compared} shared cells: {shown}"]
 
 
 def source_note(reg: Registry, method: str) -> str | None:
@@ -124,13 +161,17 @@ class ComparisonTable(_MethodTable):
                 pv = lookup(paper, table=paper_cfg["table"], domain=paper_cfg.get("domain", domain), dataset="Mean",
                             method=published_as, level=level, metric=metric_names.get(pm, pm))
                 vals = per_metric[m]
+                rows_pv = [r["paper"] for r in out if r["row"] == method and r["metric"] == m and r["dataset"] != "Mean"]
+                note = f"mean over {len(vals)} datasets"
+                if inconsistent_mean(pv, rows_pv):
+                    note += f"; {INCONSISTENT_MEAN} ({np.nanmean(rows_pv):.2f})"
+                    ctx.notes.append(INCONSISTENT_MEAN_NOTE)
                 out.append(long_row(aid, domain=domain, row=method, dataset="Mean", metric=m,
-                               reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv,
-                               note=f"mean over {len(vals)} datasets"))
+                                    reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv, note=note))
             if entry.get("lambda") == "select" and reg.glocal_preset == "glocalclip-released":
                 ctx.notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
         ctx.notes += reg.method_notes(reg.methods_of(art))
-        return TableBody(out, ["dataset"], ["row", "metric"])
+        return TableBody(out, ["dataset"], ["row"], "metric")  # one block per metric: readable at 1400 px
 
 
 @register_kind("per_category_table")
@@ -141,6 +182,7 @@ class PerCategoryTable(_MethodTable):
         reg = ctx.reg
         files = (art.get("paper") or {}).get("files", {})
         metrics = table_metrics(reg, art)
+        cross = (art.get("paper") or {}).get("cross_check")
         by_cell = {(c.row, c.dataset): c for c in self.cells(reg, aid, art)}
         out = []
         ctx.notes += reg.method_notes(reg.methods_of(art))
@@ -179,4 +221,6 @@ class PerCategoryTable(_MethodTable):
                                        dataset=reg.dataset_name(ds), category=cat, metric=m, reproduced=rv,
                                        paper=pv, selected_lambda=lam_of(res),
                                        lambda_selected_on_test=res.select_on_test, run_ids=" ".join(res.run_ids)))
-        return TableBody(out, ["category"], ["row", "metric"], "dataset")
+        if cross:
+            ctx.notes += cross_check(reg, out, cross)
+        return TableBody(out, ["category", "row"], ["metric"], "dataset")

@@ -31,6 +31,40 @@ def _provenance(ctx: Drawing, aid: str, art: dict[str, Any], notes: list[str], s
                           runs_commit=ctx.store.commit_of(ctx.run_ids), sources=sources, notes=notes)
 
 
+def sample_sizes(ctx: Drawing) -> str | None:
+    """'sample sizes (test sets): VisA 24 images / 12 anomalous / 12 with masks; ...' for the datasets
+    whose cells the artifact drew, from the indexes 00_data recorded (None when it drew no cell)."""
+    parts = []
+    for ds in dict.fromkeys(c.dataset for c in ctx.used):
+        idx = ctx.store.data_index(ds)
+        name = ctx.reg.dataset_name(ds)
+        if idx is None:
+            parts.append(f"{name} not recorded (notebook 00_data records it)")
+            continue
+        anomalous = int((idx["label"].astype(int) == 1).sum())
+        masks = f" / {int(idx['has_mask'].astype(bool).sum())} with masks" if "has_mask" in idx.columns else ""
+        parts.append(f"{name} {len(idx)} images / {anomalous} anomalous{masks}")
+    return "sample sizes (test sets): " + "; ".join(parts) if parts else None
+
+
+def shortcut_notes(ctx: Drawing) -> list[str]:
+    """What a smoke (or rehearsal) drawing does differently from the paper's setting, printed on it."""
+    profile = ctx.store.profile
+    if not prov_mod.banner_for(profile):
+        return []
+    out = []
+    if hasattr(profile, "backbone"):
+        out.append(f"{profile.name} shortcuts: backbone {profile.backbone} with "
+                   f"{'random' if profile.weights is None else 'given'} weights at {profile.image_size} px, "
+                   f"{profile.epochs} training epoch(s)" + (", synthetic stand-ins for the datasets"
+                                                          if getattr(profile, "synthetic", False) else ""))
+    keep = ctx.reg.data["profiles"][ctx.reg.profile].get("lambda_grid")
+    if keep and any(c.select_on_test for c in ctx.used):
+        out.append(f"{ctx.reg.profile} shortcut: lambda picked on test among {', '.join(f'{x:g}' for x in keep)} "
+                   "only (the presets' own grids are longer)")
+    return out
+
+
 def build_table(reg: Registry, store: ResultStore, aid: str) -> Table | None:
     """The table of `aid` from saved runs (None for a kind drawn elsewhere: RC)."""
     kind, art = kind_of(reg, aid), reg.artifact(aid)
@@ -39,7 +73,9 @@ def build_table(reg: Registry, store: ResultStore, aid: str) -> Table | None:
     if body is None:
         return None
     df = pd.DataFrame(body.rows, columns=LONG_COLUMNS)
-    notes = list(dict.fromkeys(ctx.notes + paper_notes(art)))
+    sizes = sample_sizes(ctx) if prov_mod.banner_for(store.profile) else None
+    extra = [*(art.get("notes") or []), *shortcut_notes(ctx), *([sizes] if sizes else [])]
+    notes = list(dict.fromkeys(ctx.notes + paper_notes(art) + extra))
     prov = _provenance(ctx, aid, art, notes, paper_sources(art))
     return Table(aid, art["title"], df, body.index, body.columns, prov, body.group_by, notes)
 
@@ -49,7 +85,8 @@ def build_figure(reg: Registry, store: ResultStore, aid: str, out_dir: str | Pat
     kind, art = kind_of(reg, aid), reg.artifact(aid)
     ctx = Drawing(reg, store)
     fig = kind.draw(ctx, aid, art)
-    prov = _provenance(ctx, aid, art, ctx.notes + reg.method_notes(reg.methods_of(art)), [])
+    notes = [*ctx.notes, *reg.method_notes(reg.methods_of(art)), *(art.get("notes") or []), *shortcut_notes(ctx)]
+    prov = _provenance(ctx, aid, art, list(dict.fromkeys(notes)), [])
     formats = getattr(store.profile, "formats", figures_mod.DEFAULT_FORMATS)
     return figures_mod.save_figure(fig, Path(out_dir), aid, prov, formats=formats)
 
