@@ -286,3 +286,26 @@ def test_image_batch_static_features_are_the_plain_tower():
     for block in m.clip.visual.transformer.resblocks:
         h = block(h)
     assert torch.allclose(batch.static["f0"], m.clip.visual.ln_post(h[:, 0]) @ m.clip.visual.proj, atol=1e-5)
+
+
+def test_released_checkpoint_format_round_trip(tmp_path):
+    from glocal_lib.model import export_official, load_prompts
+
+    a = model(seed=4)
+    path = export_official(a, tmp_path / "pretrained_mvtec_colondb.pth")
+    state = torch.load(path, weights_only=True)
+    clip = a.clip
+    w, wt, d = clip.visual.conv1.out_channels, clip.ln_final.weight.shape[0], clip.visual.proj.shape[1]
+    # spec 13's key list and shapes
+    assert state["clip_model.text_prompter.static_prompts.3"].shape == (5, wt)
+    assert state["clip_model.visual_prompter.static_prompts.0"].shape == (5, w)
+    assert state["clip_model.patch_token_layer.head.3.weight"].shape == (d, w)
+    assert state["clip_model.cls_token_layer.head.0.bias"].shape == (d,)
+    assert state["clip_model.dynamic_visual_prompt_generator.head.4.weight"].shape == (w, d)
+    assert state["clip_model.dynamic_text_prompt_generator.head.4.weight"].shape == (wt, d)
+    assert len(state) == 4 + 4 + 2 * 4 + 2 + 2 * 5 + 2 * 5
+    b = model(seed=9)
+    assert load_prompts(b, path) == "official"
+    assert all(torch.equal(p, q) for p, q in zip(a.prompt_parameters(), b.prompt_parameters()))
+    c = build_model(backbone=BACKBONE, image_size=SIZE, checkpoint=path)  # config inferred: adaclip-released
+    assert type(c) is AdaCLIPDetector and c.cfg.select == "best_epoch"

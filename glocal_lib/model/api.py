@@ -36,7 +36,7 @@ from .checkpoint import (
 )
 
 OFFICIAL_PRESETS = {"glocalclip": "glocalclip-released", "anomalyclip": "anomalyclip",
-                    "vip2clip": "vip2clip-released"}
+                    "vip2clip": "vip2clip-released", "adaclip": "adaclip-released"}
 # fields that change how a trained model is evaluated, not what its checkpoint holds
 INFERENCE_ONLY_FIELDS = ("precision", "sigma", "map_reduction")
 
@@ -103,7 +103,7 @@ def build_model(
         seed = seed if seed is not None else ckpt.get("seed")
         backbone_seed = backbone_seed if backbone_seed is not None else ckpt.get("backbone_seed")
     elif kind == "official":
-        implied = infer_official_config(ckpt["prompt_learner"], str(checkpoint))
+        implied = infer_official_config(ckpt.get("prompt_learner", ckpt), str(checkpoint))
         if cfg is None:
             cfg = load_preset(OFFICIAL_PRESETS[implied["method"]], **implied)
     if cfg is None:

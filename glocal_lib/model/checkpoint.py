@@ -57,6 +57,8 @@ def checkpoint_kind(obj: Any) -> str:
         return "ours"
     if isinstance(obj, dict) and isinstance(obj.get("prompt_learner"), dict):
         return "official"
+    if isinstance(obj, dict) and any(h.recognises_official(obj) for h in _registered_hooks()):
+        return "official"  # a method whose released code saves a flat state dict (AdaCLIP)
     return "unknown"
 
 
@@ -299,7 +301,7 @@ def official_state(obj_or_path: Any, source: str | None = None) -> tuple[dict[st
     if checkpoint_kind(obj) != "official":
         raise WeightsError(f"{source} is not an official checkpoint: expected a dict with a 'prompt_learner' "
                            "state dict, as the released train.py saves it")
-    return obj["prompt_learner"], source
+    return obj.get("prompt_learner", obj), source
 
 
 def import_official(model: GlocalDetector, obj_or_path: Any, source: str | None = None) -> None:

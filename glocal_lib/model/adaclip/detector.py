@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glocal_lib.adaclip_config import AdaCLIPConfig
-from glocal_lib.errors import ConfigError
+from glocal_lib.errors import ConfigError, WeightsError
 from glocal_lib.io import read_yaml
 from glocal_lib.model import scoring
 from glocal_lib.model.backbone import default_feature_layers, resolve_feature_layers
@@ -37,6 +37,7 @@ NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} withou
 ANOMALY_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
 TEMPLATES = ("a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
              "a cropped photo of the {}.")
+RELEASED_PREFIX = "clip_model."  # key prefix of the released trainer's saved state dict
 CLASS_NAMES_FILE = Path(__file__).with_name("class_names.yaml")
 # parameter groups the released optimiser collects by name (trainer.py learnable_paramter_list)
 TRAINABLE = ("text_prompter", "visual_prompter", "patch_token_layer", "cls_token_layer",
@@ -333,3 +334,38 @@ class AdaCLIPDetector(nn.Module):
             focal, dice = focal + f, dice + d_a + d_n
         return {"global": cls, "local": seg, "focal": focal, "dice": dice, "gcl": torch.zeros_like(seg),
                 "total": cls + seg}
+
+    # ---- the released checkpoint format (hooks of glocal_lib.model.checkpoint) ----------------
+    # The released trainer saves a flat state dict: ``clip_model.<module>.<...>`` for the six trained
+    # module groups (spec 13), loaded non-strictly there; here every tensor of ours must be present.
+    @staticmethod
+    def recognises_official(state: dict) -> bool:
+        return any(str(k).startswith(f"{RELEASED_PREFIX}{TRAINABLE[2]}.") for k in state)
+
+    @staticmethod
+    def official_config(state: dict, source: str = "checkpoint") -> dict:
+        """Config fields implied by a released file: prompting length and depth (the rest are shapes)."""
+        visual = sorted(k for k in state if str(k).startswith(f"{RELEASED_PREFIX}visual_prompter.static_prompts."))
+        out: dict = {"method": "adaclip"}
+        if visual:
+            out.update(prompt_depth=len(visual), prompt_length=int(state[visual[0]].shape[0]))
+        return out
+
+    @staticmethod
+    def check_official(cfg: AdaCLIPConfig) -> None:
+        """Every AdaCLIP config has the released format (its tensors are the released modules)."""
+
+    def official_checkpoint(self) -> dict:
+        return {f"{RELEASED_PREFIX}{k}": v.detach().cpu().clone() for k, v in self.prompts.state_dict().items()}
+
+    def load_official(self, obj: dict, source: str) -> None:
+        own = self.prompts.state_dict()
+        state = {str(k)[len(RELEASED_PREFIX):]: v for k, v in obj.items() if str(k).startswith(RELEASED_PREFIX)}
+        missing = sorted(set(own) - set(state))
+        wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+        if missing or wrong:
+            raise WeightsError(f"{source}: not an AdaCLIP checkpoint for this model (missing {missing[:4]}, wrong "
+                               f"shapes {wrong[:4]}); build it with the backbone and prompt settings it was trained with")
+        with torch.no_grad():
+            for k, v in self.prompts.state_dict(keep_vars=True).items():
+                v.copy_(state[k].to(dtype=v.dtype, device=v.device))
