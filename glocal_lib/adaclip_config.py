@@ -23,6 +23,7 @@ DICE_REDUCTIONS = ("rows", "per_image")  # spec 6: the released B = 1 dice is pe
 MOSAIC_LABELS = ("released", "any_tile")  # label of a mosaic: the indexed item's (released) | any tile anomalous
 CLASS_NAMES = ("adaclip", "project")  # prompt class names: AdaCLIP's CLS_NAMES (spec 7.5) | the index's
 SELECTIONS = ("last_epoch", "best_epoch")  # spec 7.6
+KMEANS = ("sklearn", "torch")
 SMOKE_ENSEMBLES = ("released", "minimal")  # sentences: 7+5 states x 4 templates | 1 + 1 (a smoke shortcut)
 
 
@@ -58,6 +59,7 @@ class AdaCLIPConfig(MethodConfig):
     hsf_alpha: float = 0.2
     hsf_skip_empty: bool = False  # released: an empty cluster gives NaN
     kmeans_seed: int = 111  # released: numpy's global RNG stream seeded 111; here a fixed state per call
+    kmeans: str = "sklearn"  # released scikit-learn KMeans | "torch": the same algorithm in torch (faster, not bit-equal)
     sigma: float = 4.0
     # --- losses (spec 6) ---
     dice_reduction: str = "rows"
@@ -80,7 +82,8 @@ class AdaCLIPConfig(MethodConfig):
         for name, choices in (("activation", ACTIVATIONS), ("pos_resize", POS_RESIZES),
                               ("prompt_type", PROMPT_TYPES), ("prompt_branch", BRANCHES), ("hsf", HSF_VARIANTS),
                               ("dice_reduction", DICE_REDUCTIONS), ("mosaic_label", MOSAIC_LABELS),
-                              ("class_names", CLASS_NAMES), ("select", SELECTIONS), ("ensemble", SMOKE_ENSEMBLES)):
+                              ("class_names", CLASS_NAMES), ("select", SELECTIONS), ("ensemble", SMOKE_ENSEMBLES),
+                              ("kmeans", KMEANS)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"adaclip {name}={getattr(self, name)!r} is not one of {list(choices)}")
         if self.method != "adaclip":

@@ -197,6 +197,18 @@ def test_hsf_brute_force_and_weighted_form():
         assert torch.equal(nz, mask)
 
 
+def test_torch_kmeans_recovers_separated_clusters():
+    from glocal_lib.model.adaclip.fusion import torch_kmeans_labels
+
+    gen = torch.Generator().manual_seed(1)
+    truth = torch.arange(60) % 6
+    points = torch.randn(6, 16, generator=gen)[truth] * 10 + 0.1 * torch.randn(60, 16, generator=gen)
+    labels = torch_kmeans_labels(points, 6, seed=0)
+    assert torch.equal(torch.as_tensor(labels), torch.as_tensor(torch_kmeans_labels(points, 6, seed=0)))
+    pairs = {(int(t), int(lab)) for t, lab in zip(truth, labels)}
+    assert len(pairs) == 6 and len({lab for _, lab in pairs}) == 6  # one label per true cluster
+
+
 def test_hsf_empty_cluster_is_nan_unless_skipped():
     sel = [torch.randn(6, 4) for _ in range(2)]
     lab = np.array([0, 0, 1, 1, 2, 2])

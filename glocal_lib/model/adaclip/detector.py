@@ -285,7 +285,8 @@ class AdaCLIPDetector(nn.Module):
         if cfg.use_hsf:
             if cfg.hsf == "released":
                 h = hybrid_semantic_fusion(patch, logits, k_clusters=cfg.k_clusters, top_factor=cfg.hsf_top_factor,
-                                           seed=cfg.kmeans_seed, skip_empty=cfg.hsf_skip_empty, labels=labels)
+                                           seed=cfg.kmeans_seed, skip_empty=cfg.hsf_skip_empty, labels=labels,
+                                           kmeans=cfg.kmeans)
             else:
                 h = reported_fusion(patch, logits, k_clusters=cfg.k_clusters, seed=cfg.kmeans_seed)
             u = F.normalize(cfg.hsf_alpha * h + (1 - cfg.hsf_alpha) * cls, dim=1)

@@ -28,6 +28,31 @@ def kmeans_labels(points: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init="auto", random_state=seed).fit_predict(points)
 
 
+def torch_kmeans_labels(points: torch.Tensor, k: int, seed: int, max_iter: int = 300, tol: float = 1e-4) -> np.ndarray:
+    """k-means++ then Lloyd iterations in torch (option ``kmeans: torch``): the same algorithm as
+    scikit-learn's one run, without its per-call overhead; NOT bit-equal to it (other random draws)."""
+    x = points.detach().double()
+    gen = torch.Generator().manual_seed(int(seed))
+    n = x.shape[0]
+    centres = [x[int(torch.randint(n, (1,), generator=gen))]]
+    for _ in range(1, k):
+        d2 = torch.cdist(x, torch.stack(centres)).min(dim=1).values ** 2
+        probs = d2 / d2.sum() if float(d2.sum()) > 0 else torch.full_like(d2, 1.0 / n)
+        centres.append(x[int(torch.multinomial(probs.float().cpu(), 1, generator=gen))])
+    c = torch.stack(centres)
+    scale = float(x.var(dim=0).mean()) * tol  # scikit-learn's tolerance: relative to the data variance
+    for _ in range(max_iter):
+        labels = torch.cdist(x, c).argmin(dim=1)
+        onehot = F.one_hot(labels, k).to(x.dtype)
+        counts = onehot.sum(0)
+        new = torch.where(counts[:, None] > 0, onehot.T @ x / counts.clamp_min(1)[:, None], c)
+        shift = float(((new - c) ** 2).sum())
+        c = new
+        if shift <= scale:
+            break
+    return torch.cdist(x, c).argmin(dim=1).cpu().numpy()
+
+
 def top_patches(logits: Sequence[torch.Tensor], k: int) -> torch.Tensor:
     """Indices (B, k) of the k patches with the largest anomaly probability of the layer-mean logits."""
     prob = torch.softmax(torch.stack(list(logits), dim=1).mean(dim=1), dim=2)[:, :, 1]
@@ -53,7 +78,7 @@ def cluster_mean(selected: Sequence[torch.Tensor], labels: np.ndarray | torch.Te
 
 def hybrid_semantic_fusion(patch: Sequence[torch.Tensor], logits: Sequence[torch.Tensor], *, k_clusters: int,
                            top_factor: int = 5, seed: int = 111, skip_empty: bool = False,
-                           labels: Sequence[np.ndarray] | None = None) -> torch.Tensor:
+                           labels: Sequence[np.ndarray] | None = None, kmeans: str = "sklearn") -> torch.Tensor:
     """h (B, D), normalised. patch[l] (B, N, D) normalised features, logits[l] (B, N, 2)."""
     idx = top_patches(logits, top_factor * k_clusters)
     gathered = [p.gather(1, idx.unsqueeze(-1).expand(-1, -1, p.shape[-1])) for p in patch]  # (B, k', D)
@@ -63,8 +88,9 @@ def hybrid_semantic_fusion(patch: Sequence[torch.Tensor], logits: Sequence[torch
         if labels is not None:
             lab = np.asarray(labels[b])
         else:
-            points = torch.cat(sel, dim=1).detach().cpu().numpy()  # (k', nL * D), in the features' dtype
-            lab = kmeans_labels(points, min(k_clusters, len(points)), seed)
+            points = torch.cat(sel, dim=1).detach()  # (k', nL * D), in the features' dtype
+            k = min(k_clusters, len(points))
+            lab = torch_kmeans_labels(points, k, seed) if kmeans == "torch" else kmeans_labels(points.cpu().numpy(), k, seed)
         out.append(cluster_mean(sel, lab, min(k_clusters, idx.shape[1]), skip_empty))
     return F.normalize(torch.stack(out), dim=1)
 
