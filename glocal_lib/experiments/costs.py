@@ -5,8 +5,10 @@ FLOP counts until a benchmark replaces them; a user's own file overrides any key
 image counts of data_manifests/*.yaml. Work shared by several artifacts (a run, a cache fill) is
 counted in each artifact's row and once in the totals.
 
-- train run: epochs x training-set images x `train_step` (features come from the cache);
+- train run: epochs (the run's, e.g. AdaCLIP's 5) x training-set images x `train_step` (features from the cache);
 - eval run: evaluation-set images x `eval`;
+- image-based methods (``feature_source = "images"``, AdaCLIP): the vision tower runs in every step, priced
+  as `encode` per evaluated image and 3 x `encode` (forward + backward) per training image and epoch;
 - cache fill: images x `encode`, once per (dataset, vision configuration), and its disk size:
   ((stored layers x patch tokens + 1) x embedding width x bytes per value + mask pixels) per image
   (WinCLIP's window embeddings are sized like patch tokens: an estimate).
@@ -91,6 +93,7 @@ class Tower:
 
 def _vision_key(cfg: Any, tower: Tower) -> tuple[tuple[Any, ...], int]:
     """(what makes two runs' cached features the same, layers the cache stores per image)."""
+    from glocal_lib.config import detector_class
     from glocal_lib.model.backbone import (
         default_feature_layers,
         default_vv_start_layer,
@@ -98,6 +101,9 @@ def _vision_key(cfg: Any, tower: Tower) -> tuple[tuple[Any, ...], int]:
     )
     from glocal_lib.model.detector import layer_aliases
 
+    if getattr(detector_class(cfg), "feature_source", "frozen") == "images":  # AdaCLIP: one static vector per image
+        d0 = cfg.to_dict()
+        return ("images", d0["method"], d0.get("activation"), d0.get("pos_resize"), d0["precision"]), 0
     # fields other methods' configs may lack take the value their detectors use (KAnoCLIP: true layers, V-V)
     d = {"dual_path": True, "attention": "vv", "global_ln_post": False, "alias_final_layer": False,
          "window_scales": (), "global_source": "original", **cfg.to_dict()}
@@ -139,16 +145,20 @@ def price_plan(registry: Any, ids: Sequence[str], profile: Any, costs: dict[str,
 
     def price(plan: Any) -> dict[str, Any]:
         fills: dict[tuple[str, Any], int] = {}
-        train_img = eval_img = 0
+        train_img = eval_img = live = 0
         for tj in plan.train_jobs:
-            key, stored = _vision_key(cfg_of_train(tj), tower)
+            cfg = cfg_of_train(tj)
+            key, stored = _vision_key(cfg, tower)
             fills[(tj.train_dataset, key)] = stored
-            train_img += profile.epochs * n_images(tj.train_dataset)
+            n = tj.spec().resolved(profile, cfg).epochs * n_images(tj.train_dataset)
+            train_img += n
+            live += 3 * n if key[0] == "images" else 0  # prompted tower forward + backward ~ 3 forwards
         for ej in plan.eval_jobs:
             key, stored = _vision_key(eval_cfg(ej), tower)
             fills[(ej.dataset, key)] = stored
             eval_img += n_images(ej.dataset)
-        enc_img = sum(n_images(ds) for ds, _ in fills)
+            live += n_images(ej.dataset) if key[0] == "images" else 0  # its own prompted forward
+        enc_img = sum(n_images(ds) for ds, _ in fills) + live
         disk = sum(n_images(ds) * tower.cache_bytes(stored, value_bytes) for (ds, _), stored in fills.items())
         prec = profile.precision
         hours = {p: n * _seconds(costs, p, prec) / 3600 for p, n in
