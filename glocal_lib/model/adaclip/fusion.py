@@ -42,10 +42,15 @@ def torch_kmeans_labels(points: torch.Tensor, k: int, seed: int, max_iter: int =
     c = torch.stack(centres)
     scale = float(x.var(dim=0).mean()) * tol  # scikit-learn's tolerance: relative to the data variance
     for _ in range(max_iter):
-        labels = torch.cdist(x, c).argmin(dim=1)
+        dist = torch.cdist(x, c)
+        labels = dist.argmin(dim=1)
         onehot = F.one_hot(labels, k).to(x.dtype)
         counts = onehot.sum(0)
         new = torch.where(counts[:, None] > 0, onehot.T @ x / counts.clamp_min(1)[:, None], c)
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):  # as scikit-learn: move empty clusters to the points farthest from their centres
+            far = dist.gather(1, labels[:, None])[:, 0].argsort(descending=True)[:len(empty)]
+            new[empty] = x[far]
         shift = float(((new - c) ** 2).sum())
         c = new
         if shift <= scale:
