@@ -16,7 +16,7 @@
 # ---
 
 # %% [markdown]
-# # 03_ablations — Ablations T3, T4, T6-T10, TA, TX (paper text vs released code) and F5
+# # 03_ablations — Ablations T3, T4, T6-T10, TA, TX (paper text vs released code), F5 and KAnoCLIP's module ablation (KT3)
 #
 # Part of `glocal reproduce` (the notebooks run in order 00 → 06). Open this file in JupyterLab (with jupytext)
 # and edit the parameters cell, or run it alone with papermill: `jupytext --to ipynb notebooks/03_ablations.py`,
@@ -108,3 +108,9 @@ repro.show("TX", ids)
 
 # %%
 repro.show("F5", ids)
+
+# %% [markdown]
+# ## KT3 — KAnoCLIP Table 3: module ablation (rows read as cumulative: base, +KnPL, +CLIP-VV, +Bi-CMCI, +Conv-Adapter)
+
+# %%
+repro.show("KT3", ids)

@@ -16,7 +16,7 @@
 # ---
 
 # %% [markdown]
-# # 06_tables_report — Main tables T1, T2, TE, the released-checkpoint check (RC) and the results index
+# # 06_tables_report — Main tables T1, T2, TE, the released-checkpoint check (RC), KAnoCLIP's Tables 1-2 (KT1, KT2) and the results index
 #
 # Part of `glocal reproduce` (the notebooks run in order 00 → 06). Open this file in JupyterLab (with jupytext)
 # and edit the parameters cell, or run it alone with papermill: `jupytext --to ipynb
@@ -83,6 +83,18 @@ from glocal_lib.experiments.verify import reproduce_rc
 
 rc = reproduce_rc(repro, ids, required=only is not None)  # drawn from what 02_evaluate evaluated
 rc if rc is not None else Markdown("*RC is not drawn in this execution (not selected, or never evaluated).*")
+
+# %% [markdown]
+# ## KT1 — KAnoCLIP Table 1: industrial zero-shot anomaly detection, trained on MVTec AD (VisA for MVTec AD)
+
+# %%
+repro.show("KT1", ids)
+
+# %% [markdown]
+# ## KT2 — KAnoCLIP Table 2: medical zero-shot anomaly detection, trained on MVTec AD
+
+# %%
+repro.show("KT2", ids)
 
 # %% [markdown]
 # ## The results index
