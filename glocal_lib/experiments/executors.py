@@ -137,8 +137,10 @@ def run_job(kind: str, job: Any, profile: Any, board: Any = None, *after: Any) -
         run_name = slug(job.name)
     log = run_log(profile, kind, run_name)
     info.update(run_id=run_name, log=str(log))
-    if board is not None:
-        board.start.remote(f"{kind} {job.name}", info)
+    if board is not None:  # waited for: the driver's next snapshot, taken after this task ends, must see it
+        import ray
+
+        ray.get(board.start.remote(f"{kind} {job.name}", info))
     with _output_to(log):
         print(f"=== {kind} {job.name} on {info['host']} pid {info['pid']} gpus {info['gpus'] or '-'} at "
               f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
