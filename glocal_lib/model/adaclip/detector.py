@@ -22,7 +22,7 @@ from glocal_lib.errors import ConfigError, WeightsError
 from glocal_lib.io import read_yaml
 from glocal_lib.model import scoring
 from glocal_lib.model.backbone import default_feature_layers, resolve_feature_layers
-from glocal_lib.model.detector import Prediction
+from glocal_lib.model.detector import FrozenTowerDetector, Prediction
 from glocal_lib.model.images import ImageBatch
 from glocal_lib.model.losses import dice_loss, focal_loss
 from glocal_lib.model.prompts import tokenize
@@ -109,7 +109,7 @@ class AdaCLIPParameters(nn.Module):
             self.add_module(name, parts[name])
 
 
-class AdaCLIPDetector(nn.Module):
+class AdaCLIPDetector(FrozenTowerDetector):
     """AdaCLIP on a frozen open_clip CLIP whose MLPs use ``cfg.activation`` (see module docstring)."""
 
     feature_source = "images"
@@ -150,29 +150,8 @@ class AdaCLIPDetector(nn.Module):
 
     # ---- Model API attributes -------------------------------------------------------------------
     @property
-    def image_size(self) -> int:
-        return self.vision.image_size
-
-    @property
-    def grid(self) -> int:
-        return self.vision.grid
-
-    @property
-    def feature_layers(self) -> tuple[int, ...]:
-        return self.vision.feature_layers
-
-    @property
     def prompt_names(self) -> tuple[str, ...]:
         return ("normal", "anomaly")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.clip.parameters()).device
-
-    def train(self, mode: bool = True) -> AdaCLIPDetector:
-        super().train(mode)
-        self.clip.eval()
-        return self
 
     def prompt_parameters(self) -> list[nn.Parameter]:
         """Every trainable tensor (the released optimiser's six name groups), in module order."""

@@ -22,7 +22,7 @@ from ...errors import ConfigError
 from ...kanoclip_config import KAnoCLIPConfig
 from .. import scoring
 from ..backbone import default_feature_layers, default_vv_start_layer, resolve_feature_layers
-from ..detector import Prediction, VisionFeatures, autocast
+from ..detector import FrozenTowerDetector, Prediction, VisionFeatures
 from ..losses import local_losses
 from ..prompts import LearnedPrompts, PromptLayout
 from ..text import encode_prompts
@@ -67,7 +67,7 @@ class KAnoCLIPTrainables(nn.Module):
         self.text, self.bica, self.adapter = text, bica, adapter
 
 
-class KAnoCLIPDetector(nn.Module):
+class KAnoCLIPDetector(FrozenTowerDetector):
     """Zero-shot anomaly detector of KAnoCLIP on a frozen open_clip CLIP (see the module docstring)."""
 
     def __init__(self, clip: nn.Module, cfg: KAnoCLIPConfig, *, backbone: str | None = None,
@@ -108,18 +108,6 @@ class KAnoCLIPDetector(nn.Module):
 
     # ---- properties / API -------------------------------------------------------------------
     @property
-    def image_size(self) -> int:
-        return self.vision.image_size
-
-    @property
-    def grid(self) -> int:
-        return self.vision.grid
-
-    @property
-    def feature_layers(self) -> tuple[int, ...]:
-        return self.vision.feature_layers
-
-    @property
     def prompt_names(self) -> tuple[str, ...]:
         return ("normal", "anomaly")
 
@@ -135,21 +123,9 @@ class KAnoCLIPDetector(nn.Module):
     def adapter(self) -> ConvAdapter | None:
         return self.prompts.adapter
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.clip.parameters()).device
-
-    def train(self, mode: bool = True) -> KAnoCLIPDetector:
-        super().train(mode)
-        self.clip.eval()
-        return self
-
     def prompt_parameters(self) -> list[nn.Parameter]:
         """Every trainable parameter: N, A, then the BiCA blocks and the Conv-Adapter (spec 7)."""
         return list(self.prompts.parameters())
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.device, self.cfg.precision)
 
     def vision_signature(self) -> dict[str, object]:
         return {
