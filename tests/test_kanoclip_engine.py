@@ -62,6 +62,45 @@ def test_smoke_training_with_standin_knowledge_then_eval(base: Path):
     assert train_run_dir(spec, prof, data) == run.path
 
 
+def test_losses_csv_logs_the_kd_term_compute_losses_returned(base: Path, monkeypatch: pytest.MonkeyPatch):
+    """losses.csv has the method's own terms (loss_names: kd, no gcl), each step's value the one
+    compute_losses returned at that step (recorded by a spy, independently of the engine's log)."""
+    from glocal_lib.experiments import run_views
+    from glocal_lib.model.kanoclip import detector as kano_detector
+
+    returned: list[dict[str, float]] = []
+    original = KAnoCLIPDetector.compute_losses
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        returned.append({k: float(v.detach()) for k, v in out.items()})
+        return out
+
+    monkeypatch.setattr(KAnoCLIPDetector, "compute_losses", spy)
+    # on the tiny random tower every stand-in w^k lies nearer the anomaly prompt (hinge 0 at each step):
+    # the states swapped, the hinge is active, so a logged 0 could not pass for the returned value
+    hinge = kano_detector.kd_hinge
+    monkeypatch.setattr(kano_detector, "kd_hinge", lambda k, n, a: hinge(k, a, n))
+    prof = profile_at(base, "res-kanoclip-kd", epochs=2)
+    data = small_data(prof, "mvtec", CATS)
+    run = load_run(run_train(TrainSpec("kano-kd", preset="kanoclip-paper", overrides=FAST), prof,
+                             progress=False, data=data))
+    losses = run.losses()
+    assert list(losses.columns) == ["epoch", "step", *KAnoCLIPDetector.loss_names]
+    assert "kd" in losses.columns and "gcl" not in losses.columns
+    assert len(returned) == len(losses) > 1
+    for term in KAnoCLIPDetector.loss_names:
+        np.testing.assert_allclose(losses[term].to_numpy(), [r[term] for r in returned], rtol=1e-6, atol=0)
+    assert (losses["kd"] > 0).all()
+    # total = alpha KD + beta global + gamma local (all weights 1): the logged kd is the optimised one
+    np.testing.assert_allclose(losses["total"], losses["kd"] + losses["global"] + losses["local"], rtol=1e-5)
+    fig = run_views.plot_loss_curves([("kano-kd", losses)])
+    drawn = {ln.get_label(): ln for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")}
+    assert set(drawn) == set(KAnoCLIPDetector.loss_names)  # notebook 01 draws the KD curve
+    np.testing.assert_array_equal(np.asarray(drawn["kd"].get_ydata(), float), losses["kd"].to_numpy())
+    run_views.figure_png(fig)
+
+
 def test_missing_knowledge_file_is_a_clear_error_and_fallback_runs(base: Path, tmp_path: Path):
     prof = profile_at(base, "res-kanoclip", epochs=1)
     data = small_data(prof, "mvtec", CATS)

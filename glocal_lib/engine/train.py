@@ -47,6 +47,7 @@ from glocal_lib.engine.runs import (
 from glocal_lib.errors import ConfigError, RunError, describe_load_failure
 from glocal_lib.io import atomic_save_with, atomic_write_json, atomic_write_text
 
+# the loss terms logged for a method that does not declare its own (``loss_names``: the AnomalyCLIP family)
 LOSS_KEYS = ("global", "local", "focal", "dice", "gcl", "total")
 DEFAULT_LR = 1e-3  # Adam of the released GlocalCLIP / AnomalyCLIP train.py
 DEFAULT_BETAS = (0.5, 0.999)
@@ -210,6 +211,16 @@ def _make_optimizer(model: Any, params: list[torch.nn.Parameter], spec: TrainSpe
     return torch.optim.Adam(groups, lr=spec.lr, betas=tuple(spec.betas))
 
 
+def loss_keys(model: Any) -> tuple[str, ...]:
+    """The loss terms the method logs to losses.csv: its ``loss_names`` (e.g. KAnoCLIP's "kd"), else
+    LOSS_KEYS; "total" (what is optimised) is always among them."""
+    names = tuple(str(k) for k in getattr(model, "loss_names", LOSS_KEYS))
+    if "total" not in names or len(set(names)) != len(names) or {"epoch", "step"} & set(names):
+        raise ConfigError(f"{type(model).__name__}.loss_names = {names!r}: needs 'total', unique names, and "
+                          f"neither 'epoch' nor 'step' (the columns losses.csv adds)")
+    return names
+
+
 def _nbytes(obj: Any) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
@@ -260,8 +271,9 @@ def _non_finite(run_dir: Path, epoch: int, step: int, losses: dict[str, torch.Te
                     f"the cause and rerun (or --restart)")
 
 
-def _write_logs(run_dir: Path, rows: list[dict[str, Any]], embs: list[np.ndarray], names: list[str]) -> None:
-    df = pd.DataFrame(rows, columns=["epoch", "step", *LOSS_KEYS])
+def _write_logs(run_dir: Path, rows: list[dict[str, Any]], embs: list[np.ndarray], names: list[str],
+                keys: tuple[str, ...]) -> None:
+    df = pd.DataFrame(rows, columns=["epoch", "step", *keys])
     atomic_save_with(run_dir / "losses.csv", lambda p: df.to_csv(p, index=False))
     emb = np.stack(embs).astype(np.float32)
     atomic_save_with(run_dir / "prompt_embeddings.npz",
@@ -304,6 +316,7 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
     ckpt_dir = run_dir / "checkpoints"
     init = _text_embeddings(model)
     names = prompt_names(model, init.shape[0])
+    logged = loss_keys(model)
     rows: list[dict[str, Any]] = []
     embs: list[np.ndarray] = [init]
     start_epoch, step = 1, 0
@@ -354,13 +367,13 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
             optimizer.step()
             step += 1
             rows.append({"epoch": epoch, "step": step,
-                         **{k: float(losses[k].detach()) if k in losses else float("nan") for k in LOSS_KEYS}})
+                         **{k: float(losses[k].detach()) if k in losses else float("nan") for k in logged}})
         embs.append(_text_embeddings(model))
         state = {"prompts": [p.detach().cpu().clone() for p in params], "optimizer": optimizer.state_dict(),
                  "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()},
                  "epoch": epoch, "step": step}
         _save_epoch_checkpoint(model, ckpt_dir / f"epoch_{epoch:02d}.pt", state)
-        _write_logs(run_dir, rows, embs, names)
+        _write_logs(run_dir, rows, embs, names, logged)
         timing.setdefault("epochs_s", {})[str(epoch)] = round(time.perf_counter() - t_epoch, 4)
         atomic_write_json(run_dir / "timing.json", timing)  # wall seconds, informative only
         _save_epoch_checkpoint(model, latest, state)  # last: the resume point moves only when all is written

@@ -25,8 +25,9 @@ LossLog = tuple[str, pd.DataFrame]
 
 
 def plotted_terms(losses: pd.DataFrame) -> list[str]:
-    """Loss terms the run logged a value for (a term that is NaN at every step was not computed)."""
-    return [k for k in LOSS_KEYS if k in losses.columns and losses[k].notna().any()]
+    """Loss terms the run logged a value for (every column but epoch/step: each method logs its own
+    terms, engine.train.loss_keys; a term that is NaN at every step was not computed)."""
+    return [str(k) for k in losses.columns if k not in ("epoch", "step") and losses[k].notna().any()]
 
 
 def plot_loss_curves(logs: Sequence[LossLog], ncols: int = 3, panel_in: tuple[float, float] = (4.2, 2.6)) -> plt.Figure:
@@ -40,7 +41,10 @@ def plot_loss_curves(logs: Sequence[LossLog], ncols: int = 3, panel_in: tuple[fl
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel_in[0] * ncols, height), squeeze=False)
     # fixed margins: a constrained layout costs seconds per panel when dozens of runs are drawn
     fig.subplots_adjust(left=0.06, right=0.99, top=1 - 0.3 / height, bottom=0.85 / height, hspace=0.65, wspace=0.22)
-    colours = dict(zip(LOSS_KEYS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    # one colour per term in every panel: the common terms first (stable across figures), then the others
+    terms = list(dict.fromkeys([*LOSS_KEYS, *(t for _, df in logs for t in plotted_terms(df))]))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {t: cycle[i % len(cycle)] for i, t in enumerate(terms)}
     for ax, (label, df) in zip(axes.flat, logs):
         for term in plotted_terms(df):
             ax.plot(df["step"].to_numpy(), df[term].to_numpy(), label=term, color=colours[term],

@@ -12,7 +12,9 @@ asks which method it runs):
   ``vision_signature()`` (what determines it: the cache key), ``predict(feats_or_images, sigma=,
   class_names=) -> Prediction``, ``compute_losses(feats, labels, masks, class_names=)`` (a dict with
   ``total``), ``prompt_parameters()``, ``text_embeddings()`` (logged per epoch for the UMAP figure),
-  ``autocast()``, and ``train(mode)`` that keeps the frozen tower in eval mode.
+  ``autocast()``, and ``train(mode)`` that keeps the frozen tower in eval mode;
+- optional ``loss_names``: the terms of compute_losses written to losses.csv (and drawn in notebook
+  01), default ``engine.train.LOSS_KEYS``; a method with other terms (KAnoCLIP's "kd") declares its own.
 """
 
 from __future__ import annotations

@@ -70,6 +70,9 @@ class KAnoCLIPTrainables(nn.Module):
 class KAnoCLIPDetector(FrozenTowerDetector):
     """Zero-shot anomaly detector of KAnoCLIP on a frozen open_clip CLIP (see the module docstring)."""
 
+    # what compute_losses returns and the engine logs to losses.csv: the KD term of Eq. 13 among them
+    loss_names = ("kd", "global", "local", "focal", "dice", "total")
+
     def __init__(self, clip: nn.Module, cfg: KAnoCLIPConfig, *, backbone: str | None = None,
                  weights: str | None = None, image_size: int | None = None, seed: int = 0,
                  backbone_seed: int = 0) -> None:
@@ -341,5 +344,4 @@ class KAnoCLIPDetector(FrozenTowerDetector):
         else:
             kd = local.new_zeros(())
         total = cfg.kd_weight * kd + cfg.global_loss_weight * glob + cfg.local_loss_weight * local
-        return {"kd": kd, "global": glob, "local": local, "focal": focal, "dice": dice,
-                "gcl": local.new_zeros(()), "total": total}
+        return {"kd": kd, "global": glob, "local": local, "focal": focal, "dice": dice, "total": total}
