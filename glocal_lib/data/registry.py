@@ -233,3 +233,31 @@ def manifest_table() -> pd.DataFrame:
             "license": m.data.get("license", {}).get("name"), "license_tag": m.data.get("license", {}).get("tag"),
         })
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ training sets
+TRAIN_JOIN = "+"  # "mvtec+colondb": the name of a concatenated training set in run and job names
+
+
+def train_keys(train: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The dataset keys of a training set: one key, or several trained on as one concatenated set
+    (AdaCLIP's released models: MVTec AD + ColonDB, VisA + ClinicDB). "a+b" is read as (a, b)."""
+    keys = tuple(str(train).split(TRAIN_JOIN)) if isinstance(train, str) else tuple(str(k) for k in train)
+    if not keys or any(not k for k in keys):
+        raise DataError(f"training set {train!r} names no dataset key; give one key or several (e.g. [mvtec, colondb])")
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise DataError(f"training set {train!r} lists {dupes} twice; each dataset is concatenated once")
+    return keys
+
+
+def train_label(train: str | tuple[str, ...] | list[str]) -> str:
+    """One printable name for a training set: the key, or the keys joined by '+'."""
+    return TRAIN_JOIN.join(train_keys(train))
+
+
+def train_value(train: str | tuple[str, ...] | list[str]) -> str | tuple[str, ...]:
+    """Canonical form: a single key stays a string (so single-set run ids and job names never change),
+    several keys are a tuple in the order given (the concatenation order)."""
+    keys = train_keys(train)
+    return keys[0] if len(keys) == 1 else keys

@@ -53,12 +53,15 @@ def _variant(text: str) -> str | None:
 
 def train_cli(argv: Sequence[str] | None = None) -> int:
     """glocal train: train prompts on one dataset (a resumable run)."""
+    from glocal_lib.data.registry import train_label
     from glocal_lib.engine.train import TrainSpec, run_train
 
     p = argparse.ArgumentParser(prog="glocal train", description="Train the learnable prompts on one dataset's "
-                                "test split (the zero-shot protocol); resumes an interrupted run; a finished run "
-                                "is not recomputed. Prints the run folder.")
-    p.add_argument("--train-dataset", default="mvtec", help="dataset key to train on (default mvtec)")
+                                "test split (the zero-shot protocol), or on several concatenated; resumes an "
+                                "interrupted run; a finished run is not recomputed. Prints the run folder.")
+    p.add_argument("--train-dataset", "--dataset", dest="train_dataset", nargs="+", default=["mvtec"],
+                   help="dataset key to train on (default mvtec); several keys train on their concatenation, "
+                        "e.g. --dataset mvtec colondb (AdaCLIP's released model A)")
     p.add_argument("--name", help="short run name (default <preset>-<train dataset>)")
     p.add_argument("--epochs", type=int, help="epochs (profile default: smoke 2, paper 15)")
     p.add_argument("--lr", type=float, help="learning rate (default: the method's, Adam 1e-3; AdaCLIP AdamW 0.01)")
@@ -68,7 +71,7 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     profile = _profile(args)
     preset = args.preset or "glocalclip-released"
-    spec = TrainSpec(name=args.name or f"{preset}-{args.train_dataset}", train_dataset=args.train_dataset,
+    spec = TrainSpec(name=args.name or f"{preset}-{train_label(args.train_dataset)}", train_dataset=args.train_dataset,
                      preset=preset, variant=_variant(args.variant),
                      overrides=dict(parse_override(o) for o in args.override), seed=args.seed, lr=args.lr,
                      epochs=args.epochs, batch_size=args.batch_size, use_cache=not args.no_cache)

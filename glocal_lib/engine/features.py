@@ -200,6 +200,13 @@ class CachedFeatures:
             chunk = indices[start:start + batch_size]
             yield (chunk, *self.batch(chunk, device))
 
+    def iter_batch_list(self, batches: Sequence[np.ndarray], device: str = "cpu"
+                        ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor, torch.Tensor]]:
+        """One batch per entry of `batches` (row arrays of any sizes): what ConcatSource asks for."""
+        for chunk in batches:
+            chunk = np.asarray(chunk, dtype=np.int64)
+            yield (chunk, *self.batch(chunk, device))
+
 
 class _AliasBroken(Exception):
     """Layers that looked identical in the first batch differ later: rebuild without dedupe."""
@@ -391,6 +398,67 @@ class LiveFeatures:
             feats = encode_batch(self.model, item["image"], self.device, self.precision)
             masks = (item["mask"] > 0.5).float().to(device)
             yield indices[start:start + batch_size], feats, item["label"].long().to(device), masks
+
+
+class ConcatSource:
+    """Several sources as one training set (a concatenation, as the released AdaCLIP's ConcatDataset):
+    rows 0..n1-1 are the first source's, n1..n1+n2-1 the second's, and so on.
+
+    A batch of mixed rows takes each member's part from that member (one stream per member, so image
+    workers are started once per epoch, not per batch) and joins the parts with the feature type's
+    ``cat``, the first member's rows first; the rows yielded say which is which.
+    """
+
+    def __init__(self, sources: Sequence[Any]) -> None:
+        if not sources:
+            raise ValueError("ConcatSource needs at least one source")
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0, *(len(s) for s in self.sources)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        for s in self.sources:
+            if hasattr(s, "set_epoch"):
+                s.set_epoch(epoch)
+
+    def member_of(self, rows: np.ndarray) -> np.ndarray:
+        """Index of the source each global row belongs to."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1} of the concatenated set")
+        return np.searchsorted(self.offsets, rows, side="right") - 1
+
+    def iter_batches(self, indices: Sequence[int] | np.ndarray, batch_size: int, device: str = "cpu"
+                     ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor, torch.Tensor]]:
+        indices = np.asarray(indices, dtype=np.int64)
+        chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+        owner = [self.member_of(c) for c in chunks]
+        streams = []
+        for m, src in enumerate(self.sources):
+            parts = [c[o == m] - self.offsets[m] for c, o in zip(chunks, owner) if (o == m).any()]
+            streams.append(_batch_list(src, parts, device))
+        for o in owner:
+            got = [(m, next(streams[m])) for m in dict.fromkeys(sorted(o.tolist()))]
+            rows = np.concatenate([part[0] + self.offsets[m] for m, part in got])
+            if len(got) == 1:
+                yield (rows, *got[0][1][1:])
+                continue
+            feats = [part[1] for _, part in got]
+            yield (rows, type(feats[0]).cat(feats), torch.cat([part[2] for _, part in got]),
+                   torch.cat([part[3] for _, part in got]))
+
+
+def _batch_list(source: Any, batches: list[np.ndarray], device: str) -> Iterator[Any]:
+    """A source's batches for given row arrays: its own ``iter_batch_list`` where it has one, else one
+    ``iter_batches`` call per batch (the live path: a loader per batch, slower but the same values)."""
+    lister = getattr(source, "iter_batch_list", None)
+    if callable(lister):
+        yield from lister(batches, device)
+        return
+    for b in batches:
+        yield next(iter(source.iter_batches(b, len(b), device)))
 
 
 def features_label(model: Any, profile: Any, use_cache: bool) -> str:

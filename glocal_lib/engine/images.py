@@ -114,7 +114,12 @@ class ImageItems(torch.utils.data.Dataset):
 def _loader(items: torch.utils.data.Dataset, order: Sequence[int], batch_size: int, num_workers: int,
             pin_memory: bool) -> torch.utils.data.DataLoader:
     ids = list(order)
-    batches = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    return _batch_loader(items, [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)], num_workers,
+                         pin_memory)
+
+
+def _batch_loader(items: torch.utils.data.Dataset, batches: list[list[int]], num_workers: int,
+                  pin_memory: bool) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(items, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
                                        persistent_workers=False, prefetch_factor=2 if num_workers else None)
 
@@ -241,9 +246,16 @@ class ImageSource:
     def iter_batches(self, indices: Sequence[int] | np.ndarray, batch_size: int, device: str = "cpu"
                      ) -> Iterator[tuple[np.ndarray, ImageBatch, torch.Tensor, torch.Tensor]]:
         indices = np.asarray(indices, dtype=np.int64)
-        loader = _loader(self.items, indices.tolist(), batch_size, self.num_workers, str(device).startswith("cuda"))
-        for start, item in zip(range(0, len(indices), batch_size), loader):
-            rows = indices[start:start + batch_size]
+        yield from self.iter_batch_list([indices[i:i + batch_size] for i in range(0, len(indices), batch_size)],
+                                        device)
+
+    def iter_batch_list(self, batches: Sequence[np.ndarray], device: str = "cpu"
+                        ) -> Iterator[tuple[np.ndarray, ImageBatch, torch.Tensor, torch.Tensor]]:
+        """One batch per entry of `batches` (row arrays of any sizes; ConcatSource's members)."""
+        batches = [np.asarray(b, dtype=np.int64) for b in batches]
+        loader = _batch_loader(self.items, [b.tolist() for b in batches], self.num_workers,
+                               str(device).startswith("cuda"))
+        for rows, item in zip(batches, loader):
             images = item["image"].to(device, non_blocking=True)
             augmented = item["augmented"].numpy().astype(bool)
             if self.static is not None and not augmented.any():

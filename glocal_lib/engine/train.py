@@ -21,8 +21,9 @@ import pandas as pd
 import torch
 
 from glocal_lib.checks import check_range, check_types
+from glocal_lib.data.registry import train_keys, train_label, train_value
 from glocal_lib.engine.data_prep import DataInfo, prepare_data
-from glocal_lib.engine.features import class_names, feature_source
+from glocal_lib.engine.features import ConcatSource, class_names, feature_source
 from glocal_lib.engine.locks import clear_write_errors
 from glocal_lib.engine.modeling import (
     AUTO,
@@ -58,7 +59,8 @@ class TrainSpec:
     """What to train; None fields take the profile's value. Only result-changing fields enter the hash."""
 
     name: str
-    train_dataset: str = "mvtec"
+    # one dataset key, or several trained on as one concatenated set (rows of the first, then the next...)
+    train_dataset: str | tuple[str, ...] = "mvtec"
     preset: str = "glocalclip-released"
     variant: str | None = AUTO  # "auto": the preset's variant for train_dataset; None: base values
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -71,12 +73,20 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         """Refuse what would train nothing or something else than asked (epochs 0, a text lambda...)."""
+        if isinstance(self.train_dataset, list) or (isinstance(self.train_dataset, tuple) and len(self.train_dataset) == 1):
+            object.__setattr__(self, "train_dataset", train_value(self.train_dataset))  # ("mvtec",) = "mvtec"
         check_types(self, f"train spec {self.name!r}")
+        train_keys(self.train_dataset)  # refuses an empty or repeated list
         check_range("epochs", self.epochs, minimum=1, hint="omit it for the profile's value")
         check_range("batch_size", self.batch_size, minimum=1)
         check_range("lr", self.lr, above=0)
         for i, b in enumerate(self.betas or ()):
             check_range(f"betas[{i}]", b, minimum=0, below=1)
+
+    @property
+    def train_datasets(self) -> tuple[str, ...]:
+        """The training set's dataset keys (one for a single set)."""
+        return train_keys(self.train_dataset)
 
     def resolved(self, profile: Profile, cfg: Any = None) -> TrainSpec:
         """None fields filled: explicit > the method's own recipe (a config with lr/epochs/batch_size, e.g.
@@ -92,34 +102,67 @@ class TrainSpec:
 
 
 def _config(spec: TrainSpec, profile: Profile) -> Any:
-    variant = resolve_variant(spec.preset, spec.variant, train_dataset=spec.train_dataset)
+    variant = resolve_variant(spec.preset, spec.variant, train_dataset=train_label(spec.train_dataset))
     return model_config(spec.preset, spec.overrides, variant, precision=profile.precision, device=profile.device)
 
 
-def training_inputs(cfg: Any, profile: Profile, data: DataInfo) -> dict[str, Any]:
+TrainData = DataInfo | tuple[DataInfo, ...]  # one training set, or the members of a concatenated one
+
+
+def _members(data: TrainData) -> tuple[DataInfo, ...]:
+    return (data,) if isinstance(data, DataInfo) else tuple(data)
+
+
+def train_data(spec: TrainSpec, profile: Profile, data: Any = None) -> TrainData:
+    """The training set of `spec` ready to use: a DataInfo for one key, a tuple (in the spec's order)
+    for a concatenated set. `data` may already hold them: a DataInfo, a sequence, or {key: DataInfo}."""
+    keys = spec.train_datasets
+    if data is None:
+        data = prepare_data(profile, list(keys))
+    if isinstance(data, dict):
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise ConfigError(f"train spec {spec.name!r}: no prepared data for {missing} (prepare_data(profile, {list(keys)}))")
+        data = tuple(data[k] for k in keys)
+    members = _members(data)
+    if tuple(d.key for d in members) != keys:
+        raise ConfigError(f"train spec {spec.name!r} trains on {list(keys)}, but the data given is "
+                          f"{[d.key for d in members]}; pass the datasets in the spec's order")
+    return members[0] if len(members) == 1 else members
+
+
+def training_inputs(cfg: Any, profile: Profile, data: TrainData) -> dict[str, Any]:
     """Files besides the data that a method's training reads ({name: {"path", "sha256"}}, e.g.
-    KAnoCLIP's knowledge file), from the config's optional ``training_inputs`` hook."""
+    KAnoCLIP's knowledge file), from the config's optional ``training_inputs`` hook (per member of a
+    concatenated set, named "<key>/<name>")."""
     hook = getattr(cfg, "training_inputs", None)
-    return hook(profile, data) if callable(hook) else {}
+    if not callable(hook):
+        return {}
+    if isinstance(data, DataInfo):
+        return hook(profile, data)
+    return {f"{d.key}/{k}": v for d in data for k, v in hook(profile, d).items()}
 
 
-def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo) -> dict[str, Any]:
-    """Everything that changes the trained prompts (not device, paths or worker counts)."""
+def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData) -> dict[str, Any]:
+    """Everything that changes the trained prompts (not device, paths or worker counts). A single
+    training set is recorded as its key and index hash (the identity of every run made before
+    concatenated sets existed), a concatenated one as the lists of both, in order."""
     spec = spec.resolved(profile, cfg)
     inputs = training_inputs(cfg, profile, data)
     extra = {"inputs": {k: v["sha256"] for k, v in inputs.items()}} if inputs else {}
+    members = _members(data)
     return {
         "kind": "train",
         "profile": profile.name,
         "preset": spec.preset,
-        "variant": resolve_variant(spec.preset, spec.variant, train_dataset=spec.train_dataset),
+        "variant": resolve_variant(spec.preset, spec.variant, train_dataset=train_label(spec.train_dataset)),
         "model": cfg.to_dict(),
         "backbone": profile.backbone,
         "backbone_seed": backbone_seed(profile, spec.seed),
         "weights": weights_identity(profile.weights, profile.cache_dir),
         "image_size": profile.image_size,
-        "train_dataset": spec.train_dataset,
-        "index_hash": data.index_hash,
+        "train_dataset": spec.train_dataset if len(members) == 1 else [d.key for d in members],
+        "index_hash": members[0].index_hash if len(members) == 1 else [d.index_hash for d in members],
         "epochs": spec.epochs,
         "batch_size": spec.batch_size,
         "lr": spec.lr,
@@ -139,14 +182,14 @@ def _features_label(cfg: Any, profile: Profile, use_cache: bool) -> str:
     return features_label(detector_class(cfg), profile, use_cache)
 
 
-def train_run_dir(spec: TrainSpec, profile: Profile, data: DataInfo | None = None) -> Path:
+def train_run_dir(spec: TrainSpec, profile: Profile, data: Any = None) -> Path:
     """Where run_train(spec, profile) puts (or has put) its outputs, without training."""
-    data = data or prepare_data(profile, [spec.train_dataset])[spec.train_dataset]
+    data = train_data(spec, profile, data)
     cfg = _config(spec, profile)
     return profile.runs_dir("train") / run_id(spec.name, train_identity(spec, profile, cfg, data))
 
 
-def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data: DataInfo | None = None,
+def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data: Any = None,
               stop_after_epoch: int | None = None, restart: bool = False) -> Path:
     """Train (or resume, or just return) the run for `spec`; returns its folder.
 
@@ -156,7 +199,7 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
     """
     require_device(profile.device)
     cfg = _config(spec, profile)  # a wrong override is refused before any data is prepared
-    data = data or prepare_data(profile, [spec.train_dataset])[spec.train_dataset]
+    data = train_data(spec, profile, data)
     identity = train_identity(spec, profile, cfg, data)
     run_dir = profile.runs_dir("train") / run_id(spec.name, identity)
     if is_done(run_dir):
@@ -172,9 +215,10 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
         spec = spec.resolved(profile, cfg)
         config = {
             "kind": "train", "name": spec.name, "profile": profile.name, "preset": spec.preset,
-            "banner": profile.banner, "train_dataset": spec.train_dataset, "model": cfg.to_dict(),
+            "banner": profile.banner, "train_dataset": identity["train_dataset"], "model": cfg.to_dict(),
             "identity": identity, "spec": dataclasses.asdict(spec),
-            "runtime": {"device": profile.device, "data_root": str(data.root),
+            "runtime": {"device": profile.device,
+                        "data_root": str(data.root) if isinstance(data, DataInfo) else [str(d.root) for d in data],
                         "cache_dir": str(profile.cache_dir), "num_workers": profile.num_workers},
         }
         try:
@@ -292,15 +336,20 @@ def _text_embeddings(model: Any) -> np.ndarray:
         return model.text_embeddings().detach().float().cpu().numpy()
 
 
-def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir: Path, *,
+def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir: Path, *,
            progress: bool, stop_after_epoch: int | None) -> bool:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     model = build_detector(cfg, profile, seed=spec.seed)
+    members = _members(data)
     prepare = getattr(model, "prepare_training", None)
     if callable(prepare):  # e.g. KAnoCLIP encodes and checks its knowledge against this index
-        prepare(data.key, data.index, training_inputs(cfg, profile, data))
+        if len(members) > 1:
+            raise ConfigError(f"preset {spec.preset!r} attaches per-dataset training inputs (prepare_training), "
+                              f"which a concatenated training set {list(spec.train_datasets)} cannot have yet: "
+                              f"train it on one dataset")
+        prepare(members[0].key, members[0].index, training_inputs(cfg, profile, members[0]))
     timing = _read_timing(run_dir)
     timing["model_build_s"] = round(time.perf_counter() - t0, 4)
     params = list(model.prompt_parameters())
@@ -335,9 +384,10 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
         with np.load(run_dir / "prompt_embeddings.npz") as z:
             embs = list(z["emb"][:start_epoch])
     t0 = time.perf_counter()
-    source = feature_source(model, data, profile, use_cache=spec.use_cache, progress=progress,
-                            batch_size=profile.encode_batch(profile.eval_batch_size),
-                            augment=_augmentation(model, data, spec.seed))
+    sources = [feature_source(model, d, profile, use_cache=spec.use_cache, progress=progress,
+                              batch_size=profile.encode_batch(profile.eval_batch_size),
+                              augment=_augmentation(model, d, spec.seed)) for d in members]
+    source = sources[0] if len(sources) == 1 else ConcatSource(sources)
     timing["features_s"] = round(time.perf_counter() - t0, 4)  # cache build (or open) time
     # the global RNG from here on depends on the run alone, not on the process's history (a cache
     # build's DataLoader draws from it), so a run made in any worker, resumed or not, saves the same state
@@ -346,8 +396,9 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
     else:
         torch.manual_seed(spec.seed)
     n = len(source)
-    categories = class_names(model, data)
-    keys = data.index["image_path"].astype(str).to_numpy() if getattr(model, "uses_image_keys", False) else None
+    categories = np.concatenate([class_names(model, d) for d in members])
+    keys = (np.concatenate([d.index["image_path"].astype(str).to_numpy() for d in members])
+            if getattr(model, "uses_image_keys", False) else None)
     epochs = tqdm(range(start_epoch, spec.epochs + 1), desc=f"train {run_dir.name}", disable=not progress,
                   initial=start_epoch - 1, total=spec.epochs)
     for epoch in epochs:
@@ -380,7 +431,8 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: DataInfo, run_dir:
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < spec.epochs:
             return False
     if step == 0:  # an empty training set: nothing was trained, so the run must not look finished
-        raise RunError(f"train run {run_dir.name}: no training step ran ({n} training images in "
-                       f"{data.key!r} at {data.root}); check the dataset (glocal data check {data.key})")
+        where = ", ".join(f"{d.key!r} at {d.root}" for d in members)
+        raise RunError(f"train run {run_dir.name}: no training step ran ({n} training images in {where}); "
+                       f"check the dataset (glocal data check {' '.join(d.key for d in members)})")
     atomic_write_text(run_dir / "final_epoch.txt", f"{spec.epochs}\n")
     return True

@@ -149,8 +149,9 @@ def price_plan(registry: Any, ids: Sequence[str], profile: Any, costs: dict[str,
         for tj in plan.train_jobs:
             cfg = cfg_of_train(tj)
             key, stored = _vision_key(cfg, tower)
-            fills[(tj.train_dataset, key)] = stored
-            n = tj.spec().resolved(profile, cfg).epochs * n_images(tj.train_dataset)
+            for k in tj.train_datasets:  # a concatenated set fills each member's cache
+                fills[(k, key)] = stored
+            n = tj.spec().resolved(profile, cfg).epochs * sum(n_images(k) for k in tj.train_datasets)
             train_img += n
             live += 3 * n if key[0] == "images" else 0  # prompted tower forward + backward ~ 3 forwards
         for ej in plan.eval_jobs:

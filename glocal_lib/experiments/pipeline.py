@@ -96,7 +96,7 @@ class Reproduction:
         """Training and evaluation sets of the artifacts' runs, plus T5's datasets when T5 is asked for."""
         ids = self.registry.expand_ids(only)
         plan = self.plan(ids)
-        used = [j.train_dataset for j in plan.train_jobs] + [j.dataset for j in plan.eval_jobs]
+        used = [k for j in plan.train_jobs for k in j.train_datasets] + [j.dataset for j in plan.eval_jobs]
         if "T5" in ids:
             used += [d for d in self.registry.artifact("T5")["datasets"] if self.registry.keep(d)]
         return list(dict.fromkeys(used))

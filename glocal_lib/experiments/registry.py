@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glocal_lib.data.registry import DATASETS, load_manifest
+from glocal_lib.data.registry import DATASETS, load_manifest, train_keys, train_label, train_value
 from glocal_lib.errors import ConfigError
 from glocal_lib.experiments.parameters import name_list
 from glocal_lib.io import read_yaml
@@ -73,15 +73,23 @@ def _tag(overrides: Overrides) -> str:
 # ----------------------------------------------------------------------------------------- jobs
 @dataclass(frozen=True)
 class TrainJob:
-    """One training run: preset + minimal overrides on one training set (the dedupe key)."""
+    """One training run: preset + minimal overrides on one training set (the dedupe key). The set is
+    one dataset key or a tuple of keys trained on as one concatenated set (named "a+b" in run names)."""
 
     preset: str
-    train_dataset: str
+    train_dataset: str | tuple[str, ...]
     overrides: Overrides = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train_dataset", train_value(self.train_dataset))  # ["mvtec"] -> "mvtec"
 
     @property
     def name(self) -> str:
-        return f"{_short_preset(self.preset)}-{self.train_dataset}{_tag(self.overrides)}"
+        return f"{_short_preset(self.preset)}-{train_label(self.train_dataset)}{_tag(self.overrides)}"
+
+    @property
+    def train_datasets(self) -> tuple[str, ...]:
+        return train_keys(self.train_dataset)
 
     @property
     def overrides_dict(self) -> dict[str, Any]:
@@ -139,7 +147,7 @@ class Cell:
 
     row: str
     domain: str
-    train_dataset: str | None
+    train_dataset: str | tuple[str, ...] | None
     dataset: str
     candidates: tuple[Candidate, ...]
     select_on_test: bool  # True: best lambda picked on this dataset's test set (released script)
@@ -247,9 +255,10 @@ class Registry:
             raise ConfigError(f"unknown artifact(s) {missing} in --only; known: {', '.join(arts)}")
         return [a for a in arts if a in wanted]
 
-    def dataset_name(self, key: str) -> str:
-        """The name the tables print (and the published values use): the manifest's ``short_name``."""
-        return load_manifest(key).short_name
+    def dataset_name(self, key: str | tuple[str, ...]) -> str:
+        """The name the tables print (and the published values use): the manifest's ``short_name``; a
+        concatenated training set is its members' names joined by " + "."""
+        return " + ".join(load_manifest(k).short_name for k in train_keys(key))
 
     def domain_of(self, key: str) -> str:
         return load_manifest(key).domain
@@ -282,17 +291,18 @@ class Registry:
                               f"(known: {', '.join(self.data['protocols'])})")
         return name
 
-    def protocol(self, which: str, domain: str) -> list[tuple[str, list[str]]]:
-        """(train set, eval sets) pairs of the profile's main or ablation protocol (or a named one), filtered."""
+    def protocol(self, which: str, domain: str) -> list[tuple[str | tuple[str, ...], list[str]]]:
+        """(train set, eval sets) pairs of the profile's main or ablation protocol (or a named one), filtered.
+        A train set is a key or, for a concatenated set (``train: [mvtec, colondb]``), a tuple of keys."""
         pairs = self.data["protocols"][self.protocol_name(which)].get(domain, [])
         out = []
         for p in pairs:
             evals = [d for d in p["eval"] if self.keep(d)]
             if evals:
-                out.append((p["train"], evals))
+                out.append((train_value(p["train"]), evals))
         return out
 
-    def main_pair_for(self, dataset: str) -> tuple[str, str] | None:
+    def main_pair_for(self, dataset: str) -> tuple[str, str | tuple[str, ...]] | None:
         """(domain, train set) under which the main protocol evaluates `dataset`."""
         domain = self.domain_of(dataset)
         for train, evals in self.protocol("main", domain):
@@ -319,7 +329,8 @@ class Registry:
         return self.glocal_preset if preset == GLOCAL_ALIAS else preset
 
     # --- config -> jobs
-    def candidates(self, entry: dict[str, Any], train: str | None, dataset: str) -> tuple[list[Candidate], bool]:
+    def candidates(self, entry: dict[str, Any], train: str | tuple[str, ...] | None, dataset: str
+                   ) -> tuple[list[Candidate], bool]:
         """The eval jobs that can supply one cell of `entry` (method or variant) on `dataset`."""
         from glocal_lib.config import load_preset, preset_info, variant_for
 
@@ -337,11 +348,11 @@ class Registry:
             return [Candidate(None, EvalJob(dataset=dataset, preset=preset, overrides=_diff(eff, base)))], False
         if train is None:
             raise ConfigError(f"a trained method needs a training set (dataset {dataset})")
-        variant = variant_for(preset, train, dataset)
+        variant = variant_for(preset, train_label(train), dataset)
         lam_spec = entry.get("lambda")
         select = False
         if lam_spec == "select":
-            grid = (info.get("lambda_grid") or {}).get(variant or train)
+            grid = (info.get("lambda_grid") or {}).get(variant or train_label(train))
             keep = self.data["profiles"][self.profile].get("lambda_grid")
             if grid and keep:
                 grid = [x for x in grid if float(x) in {float(k) for k in keep}] or grid[:1]
@@ -493,4 +504,4 @@ def load_registry(path: str | Path | None = None, **kwargs: Any) -> Registry:
 def _protocol_datasets(data: dict[str, Any]) -> set[str]:
     """Every training and evaluation set the protocols name."""
     pairs = [p for proto in data["protocols"].values() for domain in proto.values() for p in domain]
-    return {p["train"] for p in pairs} | {d for p in pairs for d in p["eval"]}
+    return {k for p in pairs for k in train_keys(p["train"])} | {d for p in pairs for d in p["eval"]}

@@ -271,6 +271,8 @@ def reproduce_cli(argv: Sequence[str]) -> int:
         print(plan.summary())
         for job in plan.train_jobs:
             print(f"  train {job.name}")
+            if len(job.train_datasets) > 1:
+                print(f"        on {' + '.join(job.train_datasets)} (one concatenated training set)")
             for need in _required_inputs(job, profile):
                 print(f"        needs {need}")
         for ejob in plan.eval_jobs:
@@ -308,7 +310,7 @@ def _required_inputs(job: Any, profile: Any) -> list[str]:
 
     cfg = model_config(job.preset, job.overrides_dict)
     hook = getattr(cfg, "required_inputs", None)
-    return list(hook(job.train_dataset, profile)) if callable(hook) else []
+    return [f for key in job.train_datasets for f in hook(key, profile)] if callable(hook) else []
 
 
 def draw_cli(args: argparse.Namespace, ids: list[str], datasets: list[str] | None, methods: list[str] | None,

@@ -8,6 +8,7 @@ embedding), which the engine caches like frozen features and recomputes for augm
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -31,3 +32,9 @@ class ImageBatch:
         if isinstance(idx, int):
             idx = slice(idx, idx + 1)
         return ImageBatch(self.images[idx], {k: v[idx] for k, v in self.static.items()})
+
+    @staticmethod
+    def cat(parts: Sequence[ImageBatch]) -> ImageBatch:
+        """Batches joined in order (a concatenated training set's mixed batch)."""
+        return ImageBatch(torch.cat([p.images for p in parts]),
+                          {k: torch.cat([p.static[k] for p in parts]) for k in parts[0].static})
