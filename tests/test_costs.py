@@ -51,7 +51,7 @@ def test_umap_figure_price_by_hand(paper: tuple) -> None:
 
 def test_totals_count_shared_work_once(paper: tuple) -> None:
     reg, prof = paper
-    # TE repeats T2's runs (T1 also has a KAnoCLIP column, which TE lacks)
+    # TE repeats T2's runs (and T1's: every method of both is a TE column)
     df = costs_mod.price_plan(reg, ["T2", "TE"], prof).set_index("artifact")
     total = df.loc["TOTAL"]
     assert total["train_runs"] == len(reg.plan(["T2", "TE"]).train_jobs) == df.loc["TE", "train_runs"]

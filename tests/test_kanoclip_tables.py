@@ -42,6 +42,45 @@ def test_cells_follow_kanoclips_protocol():
     assert t1 == kt
 
 
+def test_t2_and_te_columns_follow_glocalclips_protocol():
+    """T2's KAnoCLIP column trains on ClinicDB (ColonDB for ClinicDB) like every other T2 column, not on
+    MVTec AD as its own Table 2 (KT2) does; TE shows the same runs as T1 and T2, per category."""
+    medical = ("headct", "brainmri", "br35h", "isic", "colondb", "kvasir", "endo", "tn3k")
+    for profile in ("paper", "smoke"):
+        reg = load_registry(profile=profile)
+        t2 = {(c.train_dataset, c.dataset): c.candidates for c in reg.artifact_cells("T2") if c.row == "KAnoCLIP"}
+        assert set(t2) == {("clinicdb", d) for d in medical} | {("colondb", "clinicdb")}
+        glocal = {(c.train_dataset, c.dataset) for c in reg.artifact_cells("T2") if c.row == "AnomalyCLIP"}
+        assert set(t2) == glocal
+        kt2 = {c.candidates for c in reg.artifact_cells("KT2") if c.row == "KAnoCLIP"}
+        assert not kt2 & set(t2.values())  # other training runs than KAnoCLIP's own protocol
+        te = {(c.train_dataset, c.dataset): c.candidates for c in reg.artifact_cells("TE") if c.row == "KAnoCLIP"}
+        t1 = {(c.train_dataset, c.dataset): c.candidates for c in reg.artifact_cells("T1") if c.row == "KAnoCLIP"}
+        assert te == {**t1, **t2}
+
+
+def test_smoke_standin_knowledge_covers_the_medical_training_sets(tmp_path_factory):
+    """The smoke stand-in written for ClinicDB and ColonDB training names every category and image of
+    their index, so the medical KAnoCLIP runs train with KD on (no missing-class error)."""
+    from helpers_engine import profile_at, shared_root, small_data
+
+    from glocal_lib.engine.train import training_inputs
+    from glocal_lib.kanoclip_config import KAnoCLIPConfig
+    from glocal_lib.model.kanoclip import check_coverage, read_knowledge
+
+    prof = profile_at(shared_root(tmp_path_factory), "res-kanoclip-medical")
+    for key in ("clinicdb", "colondb"):
+        data = small_data(prof, key)
+        entry = training_inputs(KAnoCLIPConfig(), prof, data)["knowledge"]
+        kn = read_knowledge(entry["path"])
+        assert entry["sha256"] == kn.sha256
+        cats = data.index["category"].astype(str).tolist()
+        paths = data.index["image_path"].astype(str).tolist()
+        assert {f"{key}/{c}" for c in cats} <= set(kn.classes)
+        assert {f"{key}/{p}" for p in paths} <= set(kn.images)
+        check_coverage(kn, key, cats, paths, "error")  # raises on a missing class
+
+
 def test_unknown_named_protocol_is_a_clear_error(tmp_path):
     data = yaml.safe_load(REGISTRY_FILE.read_text(encoding="utf-8"))
     data["artifacts"]["KT1"]["protocol"] = "nope"
