@@ -16,7 +16,7 @@
 # ---
 
 # %% [markdown]
-# # 06_tables_report — Main tables T1, T2, TE, the released-checkpoint check (RC), KAnoCLIP's Tables 1-2 (KT1, KT2) and the results index
+# # 06_tables_report — Main tables T1, T2, TE, ViP2-CLIP's Tables 1-2 (V1, V2), the released-checkpoint check (RC), KAnoCLIP's Tables 1-2 (KT1, KT2) and the results index
 #
 # Part of `glocal reproduce` (the notebooks run in order 00 → 06). Open this file in JupyterLab (with jupytext)
 # and edit the parameters cell, or run it alone with papermill: `jupytext --to ipynb
@@ -67,6 +67,21 @@ repro.show("T2", ids)
 
 # %%
 repro.show("TE", ids)
+
+# %% [markdown]
+# ## V1 — ViP2-CLIP Table 1: industrial zero-shot anomaly detection, trained on MVTec AD (VisA for MVTec AD), image AUROC/AP/F1, pixel AUROC/PRO/F1
+#
+# ViP2-CLIP's own protocol (`protocols: vip2clip`): the MVTec AD-trained prompts on every other dataset, VisA-trained
+# on MVTec AD; F1 = F1-max over the precision-recall curve, as ViP2-CLIP reports it.
+
+# %%
+repro.show("V1", ids)
+
+# %% [markdown]
+# ## V2 — ViP2-CLIP Table 2: medical zero-shot anomaly detection, trained on MVTec AD (image-level: HeadCT, BrainMRI, Br35H; pixel-level: the rest), AUROC/AP-or-PRO/F1
+
+# %%
+repro.show("V2", ids)
 
 # %% [markdown]
 # ## RC — Check your setup: the released AnomalyCLIP checkpoints, evaluated as its test.sh does, vs its logs

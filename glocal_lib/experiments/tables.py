@@ -25,11 +25,13 @@ from glocal_lib.io import atomic_write_json, atomic_write_text
 
 METRIC_LABELS = {
     "image_auroc": "image AUROC", "image_ap": "image AP", "pixel_auroc": "pixel AUROC",
-    "aupro_cflow": "PRO (cflow)", "aupro_mvtec": "AUPRO (MVTec)",
+    "aupro_cflow": "PRO (cflow)", "aupro_mvtec": "AUPRO (MVTec)", "image_f1max": "image F1-max",
+    "pixel_f1max": "pixel F1-max",
     "categories": "categories", "test_normal": "test normal", "test_anomalous": "test anomalous",
 }
 LONG_COLUMNS = ["artifact", "section", "domain", "row", "dataset", "category", "metric", "reproduced",
-                "paper", "diff", "selected_lambda", "lambda_selected_on_test", "run_ids", "note"]
+                "paper", "diff", "selected_lambda", "lambda_selected_on_test", "run_ids", "note",
+                "paper_source"]  # paper_source: the transcribed CSV (table) a published value comes from
 LEGEND = ("each cell: reproduced / published (reproduced − published); — = no value (not reproduced or not "
           "published); missing = its run is not made yet (`glocal reproduce --only <ID>` makes it); undefined = "
           "its run finished but the metric has no value there (e.g. a test set with one label only)")
@@ -98,7 +100,10 @@ def paper_sources(art: dict[str, Any]) -> list[str]:
     p = art.get("paper") or {}
     files = [p["file"]] if p.get("file") else []
     files += list((p.get("files") or {}).values())
-    return [f"paper/{f}" + (f" ({p['table']})" if p.get("table") else "") for f in files]
+    out = [f"paper/{f}" + (f" ({p['table']})" if p.get("table") else "") for f in files]
+    for own in (p.get("sources") or {}).values():  # per-method sources (comparison kinds)
+        out += [f"paper/{src['file']} ({src['table']})" for src in (own if isinstance(own, list) else [own])]
+    return list(dict.fromkeys(out))
 
 
 def paper_notes(art: dict[str, Any]) -> list[str]:
