@@ -4,6 +4,7 @@ and a run killed with SIGKILL resumes to exactly the uninterrupted result."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -110,22 +111,26 @@ def test_image_run_trains_evaluates_and_keeps_the_formats(base: Path) -> None:
     assert np.allclose(load_run(live).losses()["total"], losses["total"], atol=1e-4)
 
 
-def test_image_run_kill_minus_9_then_resume(base: Path) -> None:
+@pytest.mark.parametrize("select", ["last_epoch", "best_epoch"])
+def test_image_run_kill_minus_9_then_resume(base: Path, select: str) -> None:
     """SIGKILL after the first epoch; the resumed run ends with bit-identical trained tensors and losses
-    (mosaics and k-means are seeded per item and call, so the resumed epochs see the same inputs)."""
+    (mosaics and k-means are seeded per item and call, so the resumed epochs see the same inputs); a
+    best-epoch run (validated on ColonDB after every epoch) also ends with the same selection record."""
     epochs = 3
-    full = profile_at(base, "res-img-full", epochs=epochs)
-    killed = profile_at(base, "res-img-kill", epochs=epochs)
+    full = profile_at(base, f"res-img-full-{select}", epochs=epochs)
+    killed = profile_at(base, f"res-img-kill-{select}", epochs=epochs)
     data = small_data(full, "mvtec", CATS)
-    ref = run_train(_spec(), full, progress=False, data=data)
-    run_dir = train_run_dir(_spec(), killed, data)
+    kw = {"validation": "colondb", "preset": "adaclip-released"} if select == "best_epoch" else {}
+    spec = dataclasses.replace(_spec(), **kw)
+    ref = run_train(spec, full, progress=False, data=data)
+    run_dir = train_run_dir(spec, killed, data)
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
         "from helpers_engine import profile_at, small_data;"
         "from pathlib import Path; from glocal_lib.engine import TrainSpec, run_train;"
-        f"p = profile_at(Path(sys.argv[3]), 'res-img-kill', epochs={epochs});"
-        f"run_train(TrainSpec('ada', preset={PRESET!r}, overrides={ADA!r}), p, progress=False,"
-        f" data=small_data(p, 'mvtec', {CATS!r}))"
+        f"p = profile_at(Path(sys.argv[3]), 'res-img-kill-{select}', epochs={epochs});"
+        f"run_train(TrainSpec('ada', preset={spec.preset!r}, overrides={ADA!r}, validation={spec.validation!r}), p,"
+        f" progress=False, data=small_data(p, 'mvtec', {CATS!r}))"
     )
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-c", code, str(repo), str(Path(__file__).parent), str(base)],
@@ -138,8 +143,9 @@ def test_image_run_kill_minus_9_then_resume(base: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not load_run(run_dir).done
-    resumed = run_train(_spec(), killed, progress=False, data=data)
+    resumed = run_train(spec, killed, progress=False, data=data)
     assert resumed == run_dir and load_run(resumed).done
     for p, q in zip(_prompts(ref), _prompts(resumed), strict=True):
         assert torch.equal(p, q)
     assert np.array_equal(load_run(resumed).losses()["total"].to_numpy(), load_run(ref).losses()["total"].to_numpy())
+    assert load_run(resumed).selection() == load_run(ref).selection()  # None for last-epoch runs

@@ -65,6 +65,8 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--name", help="short run name (default <preset>-<train dataset>)")
     p.add_argument("--epochs", type=int, help="epochs (profile default: smoke 2, paper 15)")
     p.add_argument("--lr", type=float, help="learning rate (default: the method's, Adam 1e-3; AdaCLIP AdamW 0.01)")
+    p.add_argument("--validation", help="dataset whose test set ranks the epochs of a select: best_epoch run "
+                                        "(default: the preset's; adaclip-released A -> visa, B -> mvtec)")
     p.add_argument("--restart", action="store_true",
                    help="discard an unfinished run's progress (e.g. a corrupt checkpoint) and train it from scratch")
     _common(p)
@@ -74,7 +76,8 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
     spec = TrainSpec(name=args.name or f"{preset}-{train_label(args.train_dataset)}", train_dataset=args.train_dataset,
                      preset=preset, variant=_variant(args.variant),
                      overrides=dict(parse_override(o) for o in args.override), seed=args.seed, lr=args.lr,
-                     epochs=args.epochs, batch_size=args.batch_size, use_cache=not args.no_cache)
+                     epochs=args.epochs, batch_size=args.batch_size, use_cache=not args.no_cache,
+                     validation=args.validation)
     if profile.banner:
         print(f"[{profile.name}] {profile.banner}")
     print(run_train(spec, profile, progress=not args.quiet, restart=args.restart))
@@ -105,7 +108,8 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
                                 "Without --train-run the preset's untrained / zero-shot model is evaluated.")
     p.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", required=True, help="dataset key(s)")
     p.add_argument("--train-run", help="train run folder or run id (from glocal train)")
-    p.add_argument("--epoch", type=int, help="checkpoint epoch of the train run (default: last)")
+    p.add_argument("--epoch", type=int, help="checkpoint epoch of the train run (default: the last, or the "
+                                             "run's selected epoch when it selects one: select best_epoch)")
     p.add_argument("--name", help="short run name (default <train run name or preset>@<dataset>)")
     p.add_argument("--sigma", type=float, help="Gaussian sigma of the maps (default: preset's, scaled to image size)")
     p.add_argument("--categories", nargs="+", help="evaluate only these categories")

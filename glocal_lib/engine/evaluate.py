@@ -122,7 +122,7 @@ def _model_setup(spec: EvalSpec, profile: Profile) -> tuple[Any, Path | None, di
     _check_same_backbone(tr, profile, spec)
     if spec.epoch is None and not tr.done:
         raise ConfigError(f"train run {tr.path} is not finished; finish it (glocal train) or pick --epoch")
-    ckpt = tr.checkpoint(spec.epoch)
+    ckpt = tr.checkpoint(spec.epoch if spec.epoch is not None else tr.selected_epoch)  # best-epoch runs: their pick
     epoch = int(ckpt.stem.split("_")[1])
     cfg = config_from_dict(tr.config["model"])
     changes = dict(spec.overrides)
@@ -426,3 +426,39 @@ def _assemble(run_dir: Path, data: DataInfo, cats: list[str], samples: set[int],
     sdf = pd.DataFrame(sample_rows_, columns=["i", "category", "image_path", "label", "file"])
     sdf.insert(4, "score", [score_of.get(p, float("nan")) for p in sdf["image_path"]])
     atomic_save_with(run_dir / "samples" / "index.csv", lambda p: sdf.to_csv(p, index=False))
+
+
+@torch.no_grad()
+def category_mean_metric(model: Any, data: DataInfo, profile: Profile, *, metric: str = "pixel_f1max",
+                         use_cache: bool = True, sigma: float | None = None, batch_size: int | None = None,
+                         progress: bool = False) -> tuple[float, dict[str, float]]:
+    """(mean over categories, per-category values) of one pixel metric of an in-memory model on `data`:
+    the released AdaCLIP's per-epoch validation (mean pixel F1-max). The same predictions as run_eval
+    (same source, class names, sigma and autocast), one category's maps held at a time; nothing is
+    written. Categories where the metric is undefined are left out of the mean, as in the tables."""
+    from glocal_lib.metrics import pixel_metrics
+
+    if not data.has_pixel_metrics:
+        raise ConfigError(f"dataset {data.key!r} has no pixel masks: it cannot rank epochs by {metric}")
+    device, precision = profile.device, model.cfg.precision
+    sigma = effective_sigma(model.cfg, profile, sigma)
+    bs = batch_size or profile.predict_batch()
+    source = feature_source(model, data, profile, use_cache=use_cache, batch_size=profile.encode_batch(bs),
+                            progress=progress)
+    names = class_names(model, data)
+    cats = data.index["category"].to_numpy()
+    on_device = None if str(device).startswith("cpu") else device
+    values: dict[str, float] = {}
+    for cat in data.categories:
+        rows = np.flatnonzero(cats == cat)
+        maps, masks = [], []
+        for chunk, feats, _, msk in source.iter_batches(rows, bs, device):
+            with autocast(device, precision):
+                pred = model.predict(feats, sigma=sigma, class_names=list(names[chunk]))
+            maps.append(pred.maps.float() if on_device else pred.maps.float().cpu().numpy())
+            masks.append((msk > 0.5).to(torch.uint8) if on_device else (msk.cpu().numpy() > 0.5).astype(np.uint8))
+        join = torch.cat if on_device else np.concatenate
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a category with one pixel class: NaN, left out of the mean
+            values[str(cat)] = float(pixel_metrics(join(maps), join(masks), aupro_methods=(), device=on_device)[metric])
+    return category_mean(values)[0], values

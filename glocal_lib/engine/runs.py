@@ -297,6 +297,18 @@ class Run:
         with np.load(self.path / "prompt_embeddings.npz") as z:
             return z["emb"].astype(np.float32), [str(n) for n in z["names"]], z["epochs"].astype(int)
 
+    def selection(self) -> dict[str, Any] | None:
+        """A best-epoch run's selection record (selection.json: rule, validation set, per-epoch values,
+        the chosen epoch); None for a run whose model is its last epoch."""
+        path = self.path / "selection.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @property
+    def selected_epoch(self) -> int | None:
+        """The epoch an evaluation loads by default: the best-epoch run's choice, else None (the last)."""
+        sel = self.selection()
+        return None if sel is None or sel.get("best_epoch") is None else int(sel["best_epoch"])
+
     def checkpoint(self, epoch: int | None = None) -> Path:
         ckpts = sorted((self.path / "checkpoints").glob("epoch_*.pt"))
         if not ckpts:

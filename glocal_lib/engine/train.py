@@ -70,6 +70,9 @@ class TrainSpec:
     lr: float | None = None  # None: the method config's lr (AdaCLIP 0.01), else DEFAULT_LR
     betas: tuple[float, float] | None = None  # None: the method config's adam_betas, else DEFAULT_BETAS
     use_cache: bool = True
+    # dataset whose test set ranks the epochs when the method config says select: best_epoch (released
+    # AdaCLIP); None: the preset's own (its training_sets/validation), refused for other selections
+    validation: str | None = None
 
     def __post_init__(self) -> None:
         """Refuse what would train nothing or something else than asked (epochs 0, a text lambda...)."""
@@ -98,7 +101,41 @@ class TrainSpec:
         batch = self.batch_size if self.batch_size is not None else int(getattr(cfg, "batch_size", profile.batch_size))
         lr = self.lr if self.lr is not None else float(getattr(cfg, "lr", DEFAULT_LR))
         betas = self.betas if self.betas is not None else getattr(cfg, "adam_betas", DEFAULT_BETAS)
-        return dataclasses.replace(self, epochs=epochs, batch_size=batch, lr=lr, betas=tuple(float(b) for b in betas))
+        return dataclasses.replace(self, epochs=epochs, batch_size=batch, lr=lr, betas=tuple(float(b) for b in betas),
+                                   validation=validation_set(self, cfg) if cfg is not None else self.validation)
+
+
+SELECTION_FILE = "selection.json"
+SELECTION_METRIC = "pixel_f1max"  # released AdaCLIP trainer: mean over categories of pixel F1-max
+INITIAL_BEST = -10.0  # the released trainer's starting best; an epoch is kept on a strict improvement
+
+
+def selection_rule(cfg: Any) -> str:
+    """How a run's model epoch is chosen: "last_epoch" (every method but released AdaCLIP) or
+    "best_epoch" (ranked on a validation set after every epoch), from the method config's ``select``."""
+    return str(getattr(cfg, "select", "last_epoch"))
+
+
+def validation_set(spec: TrainSpec, cfg: Any) -> str | None:
+    """The dataset that ranks the epochs of a best-epoch run: the spec's, else the preset's entry for this
+    training set (presets/methods.yaml ``training_sets`` + ``validation``: AdaCLIP A -> VisA, B -> MVTec AD)."""
+    from glocal_lib.config import preset_info
+
+    if selection_rule(cfg) != "best_epoch":
+        if spec.validation is not None:
+            raise ConfigError(f"train spec {spec.name!r}: a validation set ({spec.validation!r}) is only used with "
+                              f"select: best_epoch; preset {spec.preset!r} selects {selection_rule(cfg)!r} "
+                              f"(--override select=best_epoch, or drop the validation set)")
+        return None
+    if spec.validation is not None:
+        return spec.validation
+    info = preset_info(spec.preset)
+    for model, keys in (info.get("training_sets") or {}).items():
+        if train_keys(keys) == spec.train_datasets and (info.get("validation") or {}).get(model):
+            return str(info["validation"][model])
+    raise ConfigError(f"train spec {spec.name!r}: preset {spec.preset!r} selects the best epoch on a validation "
+                      f"set, and none is known for training set {train_label(spec.train_dataset)!r}: pass one "
+                      f"(TrainSpec(validation=KEY), glocal train --validation KEY) or --override select=last_epoch")
 
 
 def _config(spec: TrainSpec, profile: Profile) -> Any:
@@ -143,13 +180,18 @@ def training_inputs(cfg: Any, profile: Profile, data: TrainData) -> dict[str, An
     return {f"{d.key}/{k}": v for d in data for k, v in hook(profile, d).items()}
 
 
-def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData) -> dict[str, Any]:
+def train_identity(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData,
+                   validation: DataInfo | None = None) -> dict[str, Any]:
     """Everything that changes the trained prompts (not device, paths or worker counts). A single
     training set is recorded as its key and index hash (the identity of every run made before
     concatenated sets existed), a concatenated one as the lists of both, in order."""
     spec = spec.resolved(profile, cfg)
     inputs = training_inputs(cfg, profile, data)
-    extra = {"inputs": {k: v["sha256"] for k, v in inputs.items()}} if inputs else {}
+    extra: dict[str, Any] = {"inputs": {k: v["sha256"] for k, v in inputs.items()}} if inputs else {}
+    if spec.validation is not None:  # only best-epoch runs carry it: every other run id stays as it was
+        val = validation or prepare_data(profile, [spec.validation])[spec.validation]
+        extra["selection"] = {"rule": "best_epoch", "validation": spec.validation, "index_hash": val.index_hash,
+                              "metric": SELECTION_METRIC, "initial_best": INITIAL_BEST}
     members = _members(data)
     return {
         "kind": "train",
@@ -199,8 +241,10 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
     """
     require_device(profile.device)
     cfg = _config(spec, profile)  # a wrong override is refused before any data is prepared
+    val_key = spec.resolved(profile, cfg).validation  # a best-epoch run without a validation set: refused here
     data = train_data(spec, profile, data)
-    identity = train_identity(spec, profile, cfg, data)
+    val = prepare_data(profile, [val_key])[val_key] if val_key is not None else None
+    identity = train_identity(spec, profile, cfg, data, val)
     run_dir = profile.runs_dir("train") / run_id(spec.name, identity)
     if is_done(run_dir):
         return run_dir
@@ -225,7 +269,7 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
             with clear_write_errors(run_dir):
                 start_run(run_dir, config, profile.device)
                 finished = _train(spec, profile, cfg, data, run_dir, progress=progress,
-                                  stop_after_epoch=stop_after_epoch)
+                                  stop_after_epoch=stop_after_epoch, validation=val)
                 if finished:
                     mark_done(run_dir)
         except BaseException as exc:
@@ -337,7 +381,7 @@ def _text_embeddings(model: Any) -> np.ndarray:
 
 
 def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir: Path, *,
-           progress: bool, stop_after_epoch: int | None) -> bool:
+           progress: bool, stop_after_epoch: int | None, validation: DataInfo | None = None) -> bool:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -370,6 +414,7 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir
     embs: list[np.ndarray] = [init]
     start_epoch, step = 1, 0
     resume_rng = None
+    history: list[dict[str, Any]] = []  # best-epoch runs: the validation value of every epoch so far
     latest = ckpt_dir / "latest.pt"
     if latest.is_file():
         state = _load_resume_state(latest)
@@ -380,6 +425,7 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir
         shuffle.set_state(state["rng"]["shuffle"])
         resume_rng = state["rng"]["torch"]
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+        history = list((state.get("selection") or {}).get("history", []))
         rows = [r for r in pd.read_csv(run_dir / "losses.csv").to_dict("records") if r["epoch"] < start_epoch]
         with np.load(run_dir / "prompt_embeddings.npz") as z:
             embs = list(z["emb"][:start_epoch])
@@ -423,8 +469,15 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir
         state = {"prompts": [p.detach().cpu().clone() for p in params], "optimizer": optimizer.state_dict(),
                  "rng": {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()},
                  "epoch": epoch, "step": step}
+        if validation is not None:
+            t_val = time.perf_counter()
+            history.append(_validate(model, validation, profile, spec, epoch, progress))
+            state["selection"] = {"history": history}
+            timing.setdefault("validation_s", {})[str(epoch)] = round(time.perf_counter() - t_val, 4)
         _save_epoch_checkpoint(model, ckpt_dir / f"epoch_{epoch:02d}.pt", state)
         _write_logs(run_dir, rows, embs, names, logged)
+        if validation is not None:
+            _write_selection(run_dir, history, validation.key, spec.epochs)
         timing.setdefault("epochs_s", {})[str(epoch)] = round(time.perf_counter() - t_epoch, 4)
         atomic_write_json(run_dir / "timing.json", timing)  # wall seconds, informative only
         _save_epoch_checkpoint(model, latest, state)  # last: the resume point moves only when all is written
@@ -434,5 +487,46 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir
         where = ", ".join(f"{d.key!r} at {d.root}" for d in members)
         raise RunError(f"train run {run_dir.name}: no training step ran ({n} training images in {where}); "
                        f"check the dataset (glocal data check {' '.join(d.key for d in members)})")
+    if validation is not None and best_epoch(history) is None:
+        raise RunError(f"train run {run_dir.name}: no epoch has a finite mean {SELECTION_METRIC} on the validation "
+                       f"set {validation.key!r} ({[h['value'] for h in history]}); best-epoch selection has nothing to "
+                       f"keep. Check that dataset's masks, or train with --override select=last_epoch")
     atomic_write_text(run_dir / "final_epoch.txt", f"{spec.epochs}\n")
     return True
+
+
+def best_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The released rule: start from INITIAL_BEST and keep an epoch only when its value is strictly
+    higher than the best so far (ties keep the earlier epoch; NaN never wins)."""
+    best, chosen = INITIAL_BEST, None
+    for h in history:
+        if float(h["value"]) > best:
+            best, chosen = float(h["value"]), int(h["epoch"])
+    return chosen
+
+
+def _validate(model: Any, data: DataInfo, profile: Profile, spec: TrainSpec, epoch: int,
+              progress: bool) -> dict[str, Any]:
+    """One epoch's validation value. The CPU RNG is restored afterwards, so training draws the same
+    numbers with or without the validation (a best-epoch run trains exactly as its last-epoch twin)."""
+    from glocal_lib.engine.evaluate import category_mean_metric
+
+    with torch.random.fork_rng(devices=[]):
+        value, per_cat = category_mean_metric(model, data, profile, metric=SELECTION_METRIC,
+                                              use_cache=spec.use_cache, progress=progress)
+    return {"epoch": epoch, "value": value, "per_category": per_cat}
+
+
+def _write_selection(run_dir: Path, history: list[dict[str, Any]], validation: str, epochs: int) -> None:
+    """selection.json: which epoch the run's model is, on which set and why (what evaluations load and
+    the tables flag as a selection on evaluation data)."""
+    chosen = best_epoch(history)
+    atomic_write_json(run_dir / SELECTION_FILE, {
+        "rule": "best_epoch", "validation": validation, "metric": SELECTION_METRIC,
+        "criterion": f"mean over categories of {SELECTION_METRIC} on {validation}'s test set; an epoch is kept when "
+                     f"it strictly improves on the best so far (initial {INITIAL_BEST:g}), as the released trainer",
+        "selected_on_evaluation_data": True, "epochs": epochs, "best_epoch": chosen,
+        "best_value": next((h["value"] for h in history if h["epoch"] == chosen), None),
+        "history": [{k: h[k] for k in ("epoch", "value")} for h in history],
+        "per_category": {str(h["epoch"]): h["per_category"] for h in history},
+    })

@@ -14,6 +14,14 @@ from typing import Any
 SMOKE_LABEL = "synthetic data, random model — not paper results"
 AUPRO_NOTE = ("PRO = aupro_cflow, the released code's AUPRO approximation (what the paper reports); "
               "aupro_mvtec = the MVTec-official AUPRO (shown in TX)")
+def epoch_note(method: str, picks: set[tuple[str, int | None]], dataset_name: Any, mark: str) -> str:
+    """The note under a table with best-epoch runs: which test set chose which epoch."""
+    where = "; ".join(f"epoch {e} on {dataset_name(v)}" for v, e in sorted(picks, key=str))
+    return (f"{method}: the training epoch was picked as the released AdaCLIP trainer does, the best mean pixel "
+            f"F1-max over categories on an evaluation set's TEST data ({where}) — a selection on test data; "
+            f"{mark} marks the cells of that dataset")
+
+
 LAMBDA_NOTE = ("GlocalCLIP (released-script preset): lambda picked per evaluation dataset as the best "
                "on that dataset's TEST set, as the released script did — a selection on test data")
 

@@ -30,7 +30,9 @@ class CellResult:
     values: dict[str, float] = field(default_factory=dict)
     run_ids: list[str] = field(default_factory=list)
     selected_lambda: float | None = None
-    select_on_test: bool = False
+    select_on_test: bool = False  # picked on this cell's own test set (a lambda, or a best-epoch run's epoch)
+    epoch_selected_on: str | None = None  # a best-epoch train run: the dataset whose test set chose its epoch
+    selected_epoch: int | None = None
     missing: bool = False
     per_category: pd.DataFrame | None = None
 
@@ -174,6 +176,10 @@ class ResultStore:
             tr = self.train_run(best.job.train)
             if tr is not None:
                 result.run_ids.append(tr.run_id)
+                sel = tr.selection()
+                if sel is not None:  # released AdaCLIP: the epoch was chosen on an evaluation set's test data
+                    result.epoch_selected_on, result.selected_epoch = sel.get("validation"), sel.get("best_epoch")
+                    result.select_on_test = result.select_on_test or sel.get("validation") == cell.dataset
         if per_category:
             df = self.metrics(best.job)
             result.per_category = df[(df["dataset"] == cell.dataset) & (df["category"].astype(str) != "mean")]

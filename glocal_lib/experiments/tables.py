@@ -179,7 +179,7 @@ def to_markdown(table: Table) -> str:
     if prov["banner"]:
         out.append(f"> **{prov['banner'].upper()}**\n")
     out.append(f"# {table.artifact}: {table.title}\n")
-    out.append(f"_{LEGEND}; {MARK}λ = lambda picked on this dataset's test set_\n")
+    out.append(f"_{LEGEND}; {MARK}λ = lambda (or a training epoch) picked on this dataset's test set_\n")
     for name, data in _groups(table):
         if name:
             out.append(f"## {name}\n")
@@ -212,7 +212,8 @@ def to_html(table: Table) -> str:
              f"<style>{CSS}</style></head><body>",
              prov_mod.html_block(prov),
              f"<h1>{html.escape(table.artifact)}: {html.escape(table.title)}</h1>",
-             f"<p class='legend'>{html.escape(LEGEND)}; {MARK}λ = lambda picked on this dataset's test set</p>"]
+             f"<p class='legend'>{html.escape(LEGEND)}; {MARK}λ = lambda (or a training epoch) picked on this "
+             f"dataset's test set</p>"]
     for name, data in _groups(table):
         if name:
             parts.append(f"<h2>{html.escape(name)}</h2>")

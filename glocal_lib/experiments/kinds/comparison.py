@@ -247,6 +247,7 @@ class ComparisonTable(_MethodTable):
             entry = reg.method(method)
             sources = published_sources(paper_cfg, method)
             per_metric: dict[str, list[float]] = {m: [] for m in metrics}
+            picks: set[tuple[str, int | None]] = set()
             if entry.get("reproduced", True) is False:
                 ctx.notes.append(f"{method}: {entry.get('reason', 'not reproduced')}")
             if (note := source_note(reg, method)) is not None:
@@ -254,6 +255,8 @@ class ComparisonTable(_MethodTable):
             for ds in datasets:
                 cell = by_cell.get((method, ds))
                 res = ctx.cell(cell) if cell is not None else CellResult(missing=True)
+                if res.epoch_selected_on:
+                    picks.add((res.epoch_selected_on, res.selected_epoch))
                 for m in metrics:
                     level, pm = paper_metric(reg, m)
                     pv, src = first_published(reg, sources, ds, level, pm, domain)
@@ -282,6 +285,8 @@ class ComparisonTable(_MethodTable):
                                     reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv, note=note,
                                     paper_source=src.ref if src is not None else ""))
             ctx.notes += source_notes(method, sources, mean_gaps)
+            if picks:
+                ctx.notes.append(prov_mod.epoch_note(method, picks, reg.dataset_name, MARK))
             if entry.get("lambda") == "select" and reg.glocal_preset == "glocalclip-released":
                 ctx.notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
         ctx.notes += reg.method_notes(reg.methods_of(art))
@@ -317,6 +322,9 @@ class PerCategoryTable(_MethodTable):
                 if (note := source_note(reg, method)) is not None:
                     ctx.notes.append(note)
                 res = ctx.cell(cell, per_category=True)
+                if res.epoch_selected_on:
+                    ctx.notes.append(prov_mod.epoch_note(method, {(res.epoch_selected_on, res.selected_epoch)},
+                                                         reg.dataset_name, MARK))
                 cats = res.per_category if res.per_category is not None else pd.DataFrame(
                     columns=["category", "metric", "value"])
                 categories = list(dict.fromkeys(cats["category"].astype(str)))
