@@ -4,6 +4,7 @@ Table 3, published values looked up under the CSV's names, and the plan naming t
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +100,10 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, FakeStore, Path
     return reg, store, root
 
 
-def _cell(table, dataset, row, metric):
+def _cell(table, dataset, row, metric, category=None):
     d = table.data
-    hit = d[(d["dataset"] == dataset) & (d["row"] == row) & (d["metric"] == metric)]
+    hit = d[(d["dataset"] == dataset) & (d["row"] == row) & (d["metric"] == metric)
+            & ((d["category"] == category) if category is not None else True)]
     assert len(hit) == 1, (dataset, row, metric)
     return hit.iloc[0]
 
@@ -130,6 +132,44 @@ def test_published_values_under_the_papers_names(fake):
             "kanoclip_table3.csv", "VisA", f"Ablation row {i}", "image")
     assert _cell(t3, "VisA", "KAnoCLIP", "pixel_auroc")["paper"] == _published(
         "kanoclip_table3.csv", "VisA", "Ablation row 5", "pixel")
+
+
+def test_kanoclip_column_in_t1_t2_te_takes_its_own_papers_values(tmp_path_factory):
+    """T1/T2/TE's KAnoCLIP column sits beside KAnoCLIP's own published AUROCs (its Tables 1-2), each value
+    naming its CSV; only where its paper has the dataset and metric (no AP/PRO, no average row, not DTD,
+    not TN3K, and not our BrainMRI: its BrainMRI is BMAD's)."""
+    root = tmp_path_factory.mktemp("results") / "smoke"
+    reg = load_registry(profile="smoke")
+    store = FakeStore(FakeProfile("smoke", root))
+    populate(reg, store, ["T1", "T2", "TE"])
+    t1, t2, te = (kinds.build_table(reg, store, a) for a in ("T1", "T2", "TE"))
+    k1, k2 = "kanoclip_table1.csv", "kanoclip_table2.csv"
+    row = _cell(t1, "MVTec AD", "KAnoCLIP", "image_auroc")
+    assert row["paper"] == _published(k1, "MVTec-AD", "KAnoCLIP", "image") and row["paper_source"] == f"{k1} (Table 1)"
+    assert _cell(t1, "SDD", "KAnoCLIP", "pixel_auroc")["paper"] == _published(k1, "SDD", "KAnoCLIP", "pixel")
+    for ds, metric in (("VisA", "image_ap"), ("VisA", "aupro_cflow"), ("DTD-Synthetic", "image_auroc"),
+                       ("Mean", "image_auroc")):
+        assert math.isnan(_cell(t1, ds, "KAnoCLIP", metric)["paper"]), (ds, metric)
+    glocal = _cell(t1, "MVTec AD", "GlocalCLIP", "image_auroc")  # the other columns keep T1's own paper
+    assert glocal["paper_source"] == "glocalclip_table1.csv (Table 1)"
+    assert any(n.startswith("KAnoCLIP: published values from KAnoCLIP paper (arXiv 2501.03786), Table 1 "
+                            f"(paper/{k1})") for n in t1.notes)
+    for ds in ("HeadCT", "Br35H"):
+        cell = _cell(t2, ds, "KAnoCLIP", "image_auroc")
+        assert cell["paper"] == _published(k2, ds, "KAnoCLIP", "image") and cell["paper_source"] == f"{k2} (Table 2)"
+        assert cell["reproduced"] == cell["reproduced"]  # our ClinicDB-trained value beside it
+    assert math.isnan(_cell(t2, "BrainMRI", "KAnoCLIP", "image_auroc")["paper"])  # BMAD's BrainMRI, not ours
+    assert math.isnan(_cell(t2, "TN3K", "KAnoCLIP", "pixel_auroc")["paper"])
+    assert any(n.startswith("KAnoCLIP: not published under this protocol") and "BMAD" in n for n in t2.notes)
+    mean = _cell(te, "MVTec AD", "KAnoCLIP", "pixel_auroc", category="mean")
+    assert mean["paper"] == _published(k1, "MVTec-AD", "KAnoCLIP", "pixel")
+    assert _cell(te, "HeadCT", "KAnoCLIP", "image_auroc", category="mean")["paper"] == _published(
+        k2, "HeadCT", "KAnoCLIP", "image")
+    assert math.isnan(_cell(te, "BrainMRI", "KAnoCLIP", "image_auroc", category="mean")["paper"])
+    per_cat = te.data[(te.data["row"] == "KAnoCLIP") & (te.data["category"] != "mean")]
+    assert len(per_cat) and per_cat["paper"].isna().all()
+    for table in (t1, t2, te):
+        assert any("kanoclip_table" in s for s in table.provenance["published_values"]), table.artifact
 
 
 def test_paper_plan_names_the_knowledge_file(capsys, monkeypatch, tmp_path):
