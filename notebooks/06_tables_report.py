@@ -16,7 +16,7 @@
 # ---
 
 # %% [markdown]
-# # 06_tables_report — Main tables T1, T2, TE, ViP2-CLIP's Tables 1-2 (V1, V2), the released-checkpoint check (RC), KAnoCLIP's Tables 1-2 (KT1, KT2) and the results index
+# # 06_tables_report — Main tables T1, T2, TE, ViP2-CLIP's Tables 1-3 (V1, V2, V3), the released-checkpoint check (RC), KAnoCLIP's Tables 1-2 (KT1, KT2) and the results index
 #
 # Part of `glocal reproduce` (the notebooks run in order 00 → 06). Open this file in JupyterLab (with jupytext)
 # and edit the parameters cell, or run it alone with papermill: `jupytext --to ipynb
@@ -82,6 +82,16 @@ repro.show("V1", ids)
 
 # %%
 repro.show("V2", ids)
+
+# %% [markdown]
+# ## V3 — ViP2-CLIP Table 3: efficiency on VisA (training time, inference time per image, peak memory, trainable parameters)
+#
+# Times and peak memory from the saved run records (`timing.json`: the training run on VisA, the evaluation
+# run on VisA), on the hardware each run names; parameters counted at the full-size ViT-L/14@336 architecture.
+# Smoke: a CPU and the tiny random tower, so only the parameter counts compare with the paper.
+
+# %%
+repro.show("V3", ids)
 
 # %% [markdown]
 # ## RC — Check your setup: the released AnomalyCLIP checkpoints, evaluated as its test.sh does, vs its logs

@@ -27,7 +27,7 @@ from glocal_lib.experiments.registry import load_registry
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS_MD = Path("/work/shared/spec/experiments.md")
 TABLE_IDS = ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "TA", "TE", "TX", "KT1", "KT2", "KT3"]
-TABLE_IDS += ["V1", "V2"]  # ViP2-CLIP's Tables 1-2
+TABLE_IDS += ["V1", "V2", "V3"]  # ViP2-CLIP's Tables 1-3
 FIGURE_IDS = [f"F{i}" for i in range(3, 37)]
 ALL_IDS = TABLE_IDS + ["RC"] + FIGURE_IDS  # RC: drawn by experiments.verify (tests/test_verify.py)
 
@@ -183,6 +183,7 @@ def test_smoke_plan_stays_modest() -> None:
     # 15 eval and 4 train runs of T1/T2 + KAnoCLIP's T2 column (2 train runs: ClinicDB, ColonDB; 9 eval runs)
     # + ViP2-CLIP's 4 train and 24 eval runs (V1/V2 under its protocol, its T1/T2/TE column) and 4
     # MVTec-trained AnomalyCLIP medical evals of V2 (~10 s CPU in all)
+    # + V3's (efficiency on VisA) ViP2-CLIP runs: all shared with V1 (MVTec AD- and VisA-trained, VisA eval)
     assert len(plan.train_jobs) <= 50 and len(plan.eval_jobs) <= 234, plan.summary()
 
 

@@ -53,6 +53,7 @@ from glocal_lib.engine.runs import (
     start_run,
     weights_identity,
 )
+from glocal_lib.engine.usage import PeakMemory, synchronize
 from glocal_lib.errors import ConfigError
 from glocal_lib.io import atomic_save_with, atomic_write_json, git_blob_id, stable_hash
 from glocal_lib.metrics.summary import IMAGE_METRICS, MEAN_ROW, PIXEL_METRICS, category_mean
@@ -274,8 +275,9 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
 
     from glocal_lib.data import AnomalyDataset
 
+    memory = PeakMemory(profile.device).start()  # peak memory and hardware, in timing.json
     t0 = time.perf_counter()
-    timing: dict[str, float] = {}
+    timing: dict[str, Any] = {}
     model = build_detector(cfg, profile, seed=seed, checkpoint=ckpt)
     timing["model_build_s"] = time.perf_counter() - t0
     device, precision = profile.device, identity["precision"]
@@ -304,9 +306,22 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     open_parts: dict[str, _CategoryAccumulator] = {}
     on_device = not str(device).startswith("cpu")
     bar = tqdm(total=len(order), desc=f"eval {data.key}", disable=not progress, unit="img")
-    for chunk, feats, lab, msk in source.iter_batches(order, bs, device):
+    # inference cost per image (efficiency tables): reading a batch (cached features, or images for an
+    # image-based method) and the model's prediction, each timed to its end on the device
+    load_s = predict_s = 0.0
+    batches = iter(source.iter_batches(order, bs, device))
+    while True:
+        t_load = time.perf_counter()
+        try:
+            chunk, feats, lab, msk = next(batches)
+        except StopIteration:
+            break
+        t_pred = time.perf_counter()
+        load_s += t_pred - t_load
         with autocast(device, precision):
             pred = model.predict(feats, sigma=sigma, class_names=list(prompt_names[chunk]))
+        synchronize(device)
+        predict_s += time.perf_counter() - t_pred
         s = pred.image_scores.float().cpu().numpy()
         y = lab.cpu().numpy()
         if on_device:  # maps stay on the GPU; pixel metrics run there (glocal_lib.metrics.device)
@@ -331,7 +346,12 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     bar.close()
     timing["predict_and_metrics_s"] = time.perf_counter() - t1
     timing["images"] = float(len(order))
-    atomic_write_json(run_dir / "timing.json", {k: round(v, 4) for k, v in timing.items()})
+    timing["load_s"], timing["predict_s"] = load_s, predict_s
+    build = getattr(source, "meta", None) or {}  # a feature cache records what building it cost
+    if build.get("build_s") is not None and build.get("n"):
+        timing["cache_build_s_per_image"] = float(build["build_s"]) / float(build["n"])
+    timing = {k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}
+    atomic_write_json(run_dir / "timing.json", {**timing, **memory.record()})
     _assemble(run_dir, data, cats, samples, identity, profile.banner)
 
 

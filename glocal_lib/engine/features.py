@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -356,6 +357,7 @@ class FeatureCache:
                 shutil.rmtree(final)
             tmp = self.root / f".{name}.tmp-{os.uname().nodename}-{os.getpid()}"  # unique across hosts
             tmp.mkdir()
+            t_build = time.perf_counter()
             try:
                 try:
                     slots = _build(model, data, tmp, image_size=int(model.image_size), device=device,
@@ -368,7 +370,11 @@ class FeatureCache:
                                    precision=precision, dtype=self.dtype, batch_size=batch_size,
                                    num_workers=num_workers, dedupe=False, progress=progress, first=first)
                 data.index.to_csv(tmp / "index.csv", index=False)
-                atomic_write_json(tmp / "meta.json", {**ident, "slots": slots, "n": len(data.index)})
+                # build_s (informative, not part of the key): reading + encoding + writing every image,
+                # the vision half of a cached method's inference cost (efficiency tables)
+                atomic_write_json(tmp / "meta.json", {**ident, "slots": slots, "n": len(data.index),
+                                                      "build_s": round(time.perf_counter() - t_build, 4),
+                                                      "build_device": str(device)})
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

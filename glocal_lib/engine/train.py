@@ -45,6 +45,7 @@ from glocal_lib.engine.runs import (
     start_run,
     weights_identity,
 )
+from glocal_lib.engine.usage import PeakMemory
 from glocal_lib.errors import ConfigError, RunError, describe_load_failure
 from glocal_lib.io import atomic_save_with, atomic_write_json, atomic_write_text
 
@@ -384,6 +385,7 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir
            progress: bool, stop_after_epoch: int | None, validation: DataInfo | None = None) -> bool:
     from tqdm.auto import tqdm
 
+    memory = PeakMemory(profile.device).start()  # peak memory and hardware, in timing.json
     t0 = time.perf_counter()
     model = build_detector(cfg, profile, seed=spec.seed)
     members = _members(data)
@@ -435,6 +437,9 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir
                               augment=_augmentation(model, d, spec.seed)) for d in members]
     source = sources[0] if len(sources) == 1 else ConcatSource(sources)
     timing["features_s"] = round(time.perf_counter() - t0, 4)  # cache build (or open) time
+    build = getattr(source, "meta", None) or {}  # the cache's own build time, whichever run built it
+    if build.get("build_s") is not None:
+        timing["cache_build_s"] = float(build["build_s"])
     # the global RNG from here on depends on the run alone, not on the process's history (a cache
     # build's DataLoader draws from it), so a run made in any worker, resumed or not, saves the same state
     if resume_rng is not None:
@@ -479,6 +484,7 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir
         if validation is not None:
             _write_selection(run_dir, history, validation.key, spec.epochs)
         timing.setdefault("epochs_s", {})[str(epoch)] = round(time.perf_counter() - t_epoch, 4)
+        timing.update(memory.record())
         atomic_write_json(run_dir / "timing.json", timing)  # wall seconds, informative only
         _save_epoch_checkpoint(model, latest, state)  # last: the resume point moves only when all is written
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < spec.epochs:

@@ -29,6 +29,8 @@ METRIC_LABELS = {
     "pixel_f1max": "pixel F1-max",
     "categories": "categories", "test_normal": "test normal", "test_anomalous": "test anomalous",
 }
+# digits a metric prints with, where 1 would hide its meaning (e.g. parameters in millions); other metrics: 1
+METRIC_DIGITS: dict[str, int] = {}
 LONG_COLUMNS = ["artifact", "section", "domain", "row", "dataset", "category", "metric", "reproduced",
                 "paper", "diff", "selected_lambda", "lambda_selected_on_test", "run_ids", "note",
                 "paper_source"]  # paper_source: the transcribed CSV (table) a published value comes from
@@ -146,7 +148,7 @@ def pivot(table: Table, data: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper-like layout of (a group of) the table: one text cell per index x columns."""
     df = (table.data if data is None else data).copy()
     digits = 0 if table.data["metric"].isin(["categories", "test_normal", "test_anomalous"]).all() else 1
-    df["cell"] = df.apply(lambda r: cell_text(r, digits), axis=1)
+    df["cell"] = df.apply(lambda r: cell_text(r, METRIC_DIGITS.get(str(r["metric"]), digits)), axis=1)
     df["metric"] = df["metric"].map(lambda m: METRIC_LABELS.get(m, m))
     order = {c: list(dict.fromkeys(df[c])) for c in table.index + table.columns}
     wide = df.pivot_table(index=table.index, columns=table.columns, values="cell", aggfunc="first")

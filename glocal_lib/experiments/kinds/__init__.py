@@ -7,7 +7,14 @@ galleries, plots. A kind declares its cells (`cells`, `train_jobs`) and draws fr
 `Registry.plan` and the drawing ask the same kind, nothing else reads kind names.
 """
 
-from glocal_lib.experiments.kinds import ablation, comparison, data, galleries, plots  # noqa: F401 (registers)
+from glocal_lib.experiments.kinds import (  # noqa: F401 (registers)
+    ablation,
+    comparison,
+    data,
+    efficiency,
+    galleries,
+    plots,
+)
 from glocal_lib.experiments.kinds.base import (
            KINDS,
            Drawing,
