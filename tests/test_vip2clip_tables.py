@@ -158,6 +158,13 @@ def test_vip2clip_column_in_t1_t2_te_takes_its_own_papers_values(fake: tuple) ->
         assert any("vip2clip_table" in s for s in table.provenance["published_values"]), table.artifact
 
 
+def test_paper_source_survives_the_csv(fake: tuple, tmp_path: Path) -> None:
+    _, built = fake
+    tables.write_table(built["T1"], tmp_path)
+    back = tables.read_table_csv(tmp_path / "T1.csv")
+    assert list(back["paper_source"]) == list(built["T1"].data["paper_source"])  # '' stays '', not NaN
+
+
 def test_a_source_without_file_is_a_clear_error(tmp_path: Path) -> None:
     data = yaml.safe_load(REGISTRY_FILE.read_text(encoding="utf-8"))
     data["artifacts"]["T1"]["paper"]["sources"] = {"ViP2-CLIP": {"table": "Table 1"}}

@@ -246,4 +246,7 @@ def read_table_csv(path: str | Path) -> pd.DataFrame:
             if not line.startswith("#"):
                 break
             skip += 1
-    return pd.read_csv(path, skiprows=skip)
+    df = pd.read_csv(path, skiprows=skip)
+    if "paper_source" in df.columns:  # text, empty where no published value: '' as written, not NaN
+        df["paper_source"] = df["paper_source"].fillna("").astype(str)
+    return df
