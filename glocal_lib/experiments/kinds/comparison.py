@@ -36,14 +36,21 @@ from glocal_lib.experiments.tables import (
 
 def method_cells(reg: Registry, art: dict[str, Any]) -> list[Cell]:
     """One cell per method x kept dataset of the artifact, under the main protocol (method-major), or
-    the artifact's own `protocol` (another paper's training/evaluation pairs, e.g. KAnoCLIP's)."""
+    the artifact's own `protocol` (another paper's training/evaluation pairs, e.g. KAnoCLIP's), or the
+    method's own `protocol` (a column run as its authors ran it, e.g. AdaCLIP's released models A/B),
+    which wins over both; datasets that protocol does not evaluate get no cell."""
     wanted = [d for d in art["datasets"] if reg.keep(d)]
     domains = [art["domain"]] if "domain" in art else sorted({reg.domain_of(d) for d in wanted})
     cells: list[Cell] = []
     for m in reg.methods_of(art):
         for dom in domains:
-            cells += reg.cells_for(reg.method(m), m, dom, art.get("protocol", "main"), wanted)
+            cells += reg.cells_for(reg.method(m), m, dom, method_protocol(reg, m, art), wanted)
     return cells
+
+
+def method_protocol(reg: Registry, method: str, art: dict[str, Any]) -> str:
+    """The protocol a method column of `art` is run under: the method's own, else the artifact's, else main."""
+    return str(reg.method(method).get("protocol") or art.get("protocol", "main"))
 
 
 def inconsistent_mean(mean: float, rows: list[float]) -> bool:
@@ -189,6 +196,12 @@ def source_notes(method: str, sources: list[PublishedSource], mean_gaps: list[tu
     return notes
 
 
+def protocol_text(reg: Registry, which: str, domain: str) -> str:
+    """'MVTec AD + CVC-ColonDB -> VisA, MPDD; ...' for one domain of a protocol (as this profile runs it)."""
+    pairs = reg.protocol(which, domain)
+    return "; ".join(f"{reg.dataset_name(t)} -> {', '.join(reg.dataset_name(d) for d in ev)}" for t, ev in pairs)
+
+
 def source_note(reg: Registry, method: str) -> str | None:
     """'<method>: preset <p> = <source>' for presets that say where their setting comes from."""
     from glocal_lib.config import preset_info
@@ -252,6 +265,10 @@ class ComparisonTable(_MethodTable):
                 ctx.notes.append(f"{method}: {entry.get('reason', 'not reproduced')}")
             if (note := source_note(reg, method)) is not None:
                 ctx.notes.append(note)
+            own = entry.get("protocol") if entry.get("reproduced", True) else None
+            if own:
+                ctx.notes.append(f"{method}: run under its own protocol {reg.protocol_name(own)} ("
+                                 f"{protocol_text(reg, own, domain)})")
             for ds in datasets:
                 cell = by_cell.get((method, ds))
                 res = ctx.cell(cell) if cell is not None else CellResult(missing=True)
@@ -266,7 +283,8 @@ class ComparisonTable(_MethodTable):
                     out.append(long_row(aid, domain=domain, row=method, dataset=reg.dataset_name(ds), metric=m,
                                    reproduced=rv, paper=pv, selected_lambda=lam_of(res),
                                    lambda_selected_on_test=res.select_on_test, run_ids=" ".join(res.run_ids),
-                                   note=MISSING_NOTE if res.missing and entry.get("reproduced", True) else "",
+                                   note=(f"not evaluated by {reg.protocol_name(own)}" if own and cell is None
+                                         else MISSING_NOTE if res.missing and entry.get("reproduced", True) else ""),
                                    paper_source=src.ref if src is not None else ""))
             mean_gaps: list[tuple[str, str]] = []
             for m in metrics:
