@@ -21,7 +21,8 @@ BRANCHES = ("VL", "V", "L")  # both towers | vision only | text only
 HSF_VARIANTS = ("released", "reported")  # spec 5.1 / 11 #2
 DICE_REDUCTIONS = ("rows", "per_image")  # spec 6: the released B = 1 dice is per image row
 MOSAIC_LABELS = ("released", "any_tile")  # label of a mosaic: the indexed item's (released) | any tile anomalous
-CLASS_NAMES = ("adaclip", "project")  # prompt class names: AdaCLIP's CLS_NAMES (spec 7.5) | the index's
+CLASS_NAMES = ("adaclip", "project", "object")  # prompt class names: AdaCLIP's CLS_NAMES (spec 7.5) | the
+# index's | the word "object" for every category (a smoke shortcut: names a random tower never trained on)
 SELECTIONS = ("last_epoch", "best_epoch")  # spec 7.6
 KMEANS = ("sklearn", "torch")
 SMOKE_ENSEMBLES = ("released", "minimal")  # sentences: 7+5 states x 4 templates | 1 + 1 (a smoke shortcut)

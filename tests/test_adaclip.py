@@ -287,6 +287,9 @@ def test_sentences_and_class_names():
     assert adaclip_class_name("sdd", "electrical commutators") == "SDD"
     assert adaclip_class_name("brainmri", "brain") == "brain_mri" and adaclip_class_name("headct", "brain") == "headct"
     assert adaclip_class_name("mvtec", "bottle") == "bottle"
+    # the detector's choice (cfg.class_names): AdaCLIP's names, the index's, or "object" for every category
+    for choice, want in (("adaclip", "SDD"), ("project", "electrical commutators"), ("object", "object")):
+        assert model(class_names=choice).class_name("sdd", "electrical commutators") == want
 
 
 def test_image_batch_static_features_are_the_plain_tower():

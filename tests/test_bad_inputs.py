@@ -452,6 +452,10 @@ def test_undefined_metrics_are_explained_where_the_numbers_are_read(tmp_path, ca
                for c, g in table[table["category"] != "mean"].groupby("category")}
     lines = explain_undefined(per_cat, labels)
     assert len(lines) == 2
+    # only the cflow AUPRO undefined where the pixel metrics are defined: its threshold guard, not the masks
+    peaked = explain_undefined({"tubes": {"pixel_auroc": 0.4, "aupro_cflow": None, "aupro_mvtec": 0.1}},
+                               {"tubes": [1, 1, 0]})
+    assert len(peaked) == 1 and "too peaked" in peaked[0] and "defect pixels" not in peaked[0]
     assert any("only anomalous images in category 'zipper' (image_auroc, image_ap" in x for x in lines)
     assert any("only normal images in category 'screw'" in x for x in lines)
     # what `glocal eval` prints for a finished run (BTAD-like '01' stays a string)

@@ -141,6 +141,33 @@ def test_bica_at_init_gives_plain_cosine_logits(model, feats):
     torch.testing.assert_close(pred.maps[0], ma, atol=1e-5, rtol=1e-5)  # softmax: (M^a + 1 - M^n)/2 = M^a
 
 
+@pytest.mark.parametrize("norm", ["softmax", "minmax"])
+def test_confident_maps_keep_their_small_values(feats, norm, monkeypatch):
+    """A confident model (Z_a - Z_n ~ -28: M^a ~ 1e-12, below fp32's rounding of 1) keeps a non-constant
+    map equal to Eq. 10 computed in float64; ``M^a + 1 - M^n`` in fp32 made it exactly 0 (smoke KAnoCLIP)."""
+    m = _model(map_norm=norm)
+    f, _, _ = feats
+    n = f.patch.shape[2]
+    z = torch.randn(len(CATS), 4, n, 2, generator=torch.Generator().manual_seed(6))
+    z[..., 0] += 7.0
+    monkeypatch.setattr(m, "_stage_logits", lambda patch, text: z)
+    pred = m.predict(f, sigma=0, class_names=CATS)
+    zs = z.sum(1).double()  # (B, N, 2)
+    if norm == "softmax":
+        ma, mn = torch.sigmoid(zs[..., 1] - zs[..., 0]), torch.sigmoid(zs[..., 0] - zs[..., 1])
+    else:
+        lo, hi = zs.amin(1, keepdim=True), zs.amax(1, keepdim=True)
+        ma, mn = ((zs - lo) / (hi - lo))[..., 1], ((zs - lo) / (hi - lo))[..., 0]
+    g = int(math.isqrt(n))
+    up = [F.interpolate(c.reshape(-1, 1, g, g), size=(SIZE, SIZE), mode="bilinear", align_corners=False)[:, 0]
+          for c in (ma, mn)]
+    ref = (up[0] + (1 - up[1])) / 2 if norm == "minmax" else up[0]  # float64: no cancellation to speak of
+    if norm == "softmax":
+        assert float(ref.max()) < 2**-24
+    assert float(pred.maps.min()) > 0 and len(torch.unique(pred.maps)) > 100
+    torch.testing.assert_close(pred.maps.double(), ref, rtol=1e-4, atol=1e-7 if norm == "minmax" else 0.0)
+
+
 def test_without_bica_equals_fresh_bica(feats):
     f, _, _ = feats
     a = _model(use_bica=False).predict(f, class_names=CATS)

@@ -35,13 +35,6 @@ def _level_defines(dataset_name: str, metric: str) -> bool:
     return level == "both" or level == ("image" if metric in IMAGE_METRICS else "pixel")
 
 
-# Known gap, kept visible (open in issues 13/14): the smoke AdaCLIP (1 epoch, minimal ensemble) and KAnoCLIP
-# runs give maps whose AUPRO (cflow) is undefined in some categories (constant or too peaked maps below the
-# FPR limit); the tables print those cells as undefined with the reason. Nothing else is exempt.
-KNOWN_UNDEFINED = {("AdaCLIP", "aupro_cflow"), ("KAnoCLIP", "aupro_cflow")}
-KNOWN_UNDEFINED_RUNS = {("adaclip-", "aupro_cflow"), ("kanoclip-", "aupro_cflow")}
-
-
 def undefined_cells(df: pd.DataFrame) -> list[str]:
     """Cells whose run exists and whose metric the dataset defines, but that hold no value. A "Mean"
     cell counts when any dataset it averages has a run (it is undefined only if all of them are)."""
@@ -51,7 +44,7 @@ def undefined_cells(df: pd.DataFrame) -> list[str]:
     for key, group in df.groupby(["section", "domain", "row"], dropna=False, sort=False):
         runs_in_group = bool(has_run[group.index].any())
         for i, r in group.iterrows():
-            if not empty[i] or (r["row"], r["metric"]) in KNOWN_UNDEFINED:
+            if not empty[i]:
                 continue
             if r["dataset"] == MEAN:
                 if runs_in_group:
@@ -101,8 +94,7 @@ def test_no_eval_run_has_an_undefined_category() -> None:
     for path in runs:
         data = json.loads(path.read_text(encoding="utf-8"))
         for cat, values in data["per_category"].items():
-            missing = sorted(m for m, v in values.items() if v is None and not any(
-                path.parent.name.startswith(prefix) and m == metric for prefix, metric in KNOWN_UNDEFINED_RUNS))
+            missing = sorted(m for m, v in values.items() if v is None)
             if missing:
                 bad.append(f"{path.parent.name}: {data['dataset']}/{cat} {', '.join(missing)}")
     assert not bad, f"{len(bad)} undefined category metric(s): " + "; ".join(bad[:8])

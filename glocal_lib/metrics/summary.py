@@ -182,7 +182,11 @@ def explain_undefined(per_category: Mapping[str, Mapping[str, float | None]],
         if not missing:
             continue
         y = np.asarray(labels.get(cat, []), dtype=int)
-        if len(y) and (y == 0).all():
+        pixel_auroc = values.get("pixel_auroc")
+        if missing == ["aupro_cflow"] and pixel_auroc is not None and np.isfinite(pixel_auroc):
+            # masks with defect and normal pixels (pixel AUROC defined): the released curve's own guard
+            why = "anomaly maps constant or too peaked for the released AUPRO's 200 thresholds (fewer than two below the FPR limit)"
+        elif len(y) and (y == 0).all():
             why = "only normal images"
         elif len(y) and (y == 1).all():
             why = "only anomalous images" if any(m in IMAGE_METRICS for m in missing) else "no defect pixels"

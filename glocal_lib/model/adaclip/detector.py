@@ -177,6 +177,8 @@ class AdaCLIPDetector(FrozenTowerDetector):
 
     def class_name(self, dataset: str | None, category: str) -> str:
         """The prompt's class name for a category of ``dataset`` (cfg.class_names)."""
+        if self.cfg.class_names == "object":
+            return "object"
         return adaclip_class_name(dataset, category) if self.cfg.class_names == "adaclip" else category
 
     # ---- images ---------------------------------------------------------------------------------

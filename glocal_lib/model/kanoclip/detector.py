@@ -215,6 +215,19 @@ class KAnoCLIPDetector(FrozenTowerDetector):
         probs = F.interpolate(probs, size=(s, s), mode="bilinear", align_corners=False)
         return probs.reshape(*lead, c, s, s)
 
+    def _pixel_maps(self, probs: torch.Tensor) -> torch.Tensor:
+        """Eq. 10's (M^a + 1 - M^n)/2 (before the Gaussian) from (..., 2, S, S), without fp32 cancellation.
+
+        Evaluated left to right, ``M^a + 1`` rounds every M^a below 2**-24 (6e-8) away, so a confident
+        model's map becomes exactly 0 (constant maps: AUPRO undefined). Under the softmax 1 - M^n is
+        M^a, so the map is M^a itself (the spec's identity, exact here); under min-max the channels are
+        independent and 1 - M^n is formed first (exact for M^n >= 1/2).
+        """
+        anomaly = probs[..., 1, :, :]
+        if self.cfg.map_norm == "softmax":
+            return anomaly
+        return (anomaly + (1 - probs[..., 0, :, :])) / 2
+
     def _global_probability(self, global_emb: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """p_a (B,): softmax of cos(I^_G, F_n)/tau, cos(I^_G, F_a)/tau (Eq. 12) at the anomaly channel."""
         g = self.adapter(global_emb) if self.adapter is not None else global_emb
@@ -242,8 +255,8 @@ class KAnoCLIPDetector(FrozenTowerDetector):
             probs = self._normalise_maps(z.sum(dim=1))
             stage = self._normalise_maps(z)
             p_a = self._global_probability(feats.global_emb, text).float()
-        maps = scoring.gaussian_blur((probs[:, 1] + 1 - probs[:, 0]) / 2, self.cfg.sigma if sigma is None else sigma)
-        layer_maps = (stage[:, :, 1] + 1 - stage[:, :, 0]) / 2
+        maps = scoring.gaussian_blur(self._pixel_maps(probs), self.cfg.sigma if sigma is None else sigma)
+        layer_maps = self._pixel_maps(stage)
         return Prediction(self._score(p_a, maps), maps, layer_maps)
 
     # ---- knowledge --------------------------------------------------------------------------
@@ -332,7 +345,7 @@ class KAnoCLIPDetector(FrozenTowerDetector):
             probs = self._normalise_maps(z.sum(dim=1))  # (B, 2, S, S): M^n, M^a
             p_a = self._global_probability(feats.global_emb, text).float()
         local, focal, dice = local_losses(probs[:, None], masks, cfg.focal_gamma)
-        maps = (probs[:, 1] + 1 - probs[:, 0]) / 2
+        maps = self._pixel_maps(probs)
         if cfg.train_map == "smoothed":
             maps = scoring.gaussian_blur(maps, cfg.sigma)
         target = (labels > 0).float()
