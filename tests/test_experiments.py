@@ -166,7 +166,7 @@ def test_zero_shot_and_published_only_methods(profile: str) -> None:
         cells = [c for c in reg.artifact_cells(aid) if c.row == "AdaCLIP"]
         assert cells and all(c.candidates for c in cells), aid
         ada = {j.train.name for j in jobs if j.method_preset == "adaclip-glocal-protocol"}
-        shortcut = "-batch_size8-ensembleminimal-epochs1-hsf_skip_empty1-kmeanstorch"
+        shortcut = "-batch_size8-class_namesobject-ensembleminimal-epochs1-hsf_skip_empty1-kmeanstorch"
         assert ada and all(n.endswith(shortcut) == (profile == "smoke") for n in ada), (aid, ada)
     # zero-shot runs never add training runs: WinCLIP adds exactly one eval run per dataset of T1+T2
     no_win = load_registry(profile=profile, methods=[m for m in reg.data["methods"] if m != "WinCLIP"])
