@@ -16,7 +16,7 @@
 # ---
 
 # %% [markdown]
-# # 03_ablations — Ablations T3, T4, T6-T10, TA, TX (paper text vs released code), F5 and KAnoCLIP's module ablation (KT3)
+# # 03_ablations — Ablations T3, T4, T6-T10, TA, TX (paper text vs released code), F5, ViP2-CLIP's Tables 5-6 (V5, V6) and paper vs code (VX) and KAnoCLIP's module ablation (KT3)
 #
 # Part of `glocal reproduce` (the notebooks run in order 00 → 06). Open this file in JupyterLab (with jupytext)
 # and edit the parameters cell, or run it alone with papermill: `jupytext --to ipynb notebooks/03_ablations.py`,
@@ -108,6 +108,32 @@ repro.show("TX", ids)
 
 # %%
 repro.show("F5", ids)
+
+# %% [markdown]
+# ## V5 — ViP2-CLIP Table 5: frozen CLIP with learnable prompts, dual-branch (CLIP_DUAL) vs unified text-patch alignment (CLIP_UTPA)
+#
+# Both rows: ViP2-CLIP's static learnable prompts with ICA and FGP off; CLIP_DUAL scores the image from the global
+# embedding, CLIP_UTPA from the top-k patches. Trained on VisA for MVTec AD, on MVTec AD for VisA (smoke: VisA only).
+
+# %%
+repro.show("V5", ids)
+
+# %% [markdown]
+# ## V6 — ViP2-CLIP Table 6: state-word pairs of the prompts, retrained
+#
+# One training run per pair (presets `vip2clip-words-*`); the default pair good / damaged is the ViP2-CLIP run of V1.
+
+# %%
+repro.show("V6", ids)
+
+# %% [markdown]
+# ## VX — ViP2-CLIP: what its paper says vs what its released code does
+#
+# Spec vip2clip.md section 8, rows 1 (normal state word), 3 (FGP scale) and 7 (image score), one switch at a time
+# and all three together (preset `vip2clip-paper`), each retrained under ViP2-CLIP's protocol (smoke: VisA only).
+
+# %%
+repro.show("VX", ids)
 
 # %% [markdown]
 # ## KT3 — KAnoCLIP Table 3: module ablation (rows read as cumulative: base, +KnPL, +CLIP-VV, +Bi-CMCI, +Conv-Adapter)

@@ -155,3 +155,4 @@ def test_engine_runs_record_what_the_efficiency_table_reads(tmp_path_factory: py
     assert e["cache_build_s_per_image"] > 0  # the VisA cache's own build time over its images
     for rec in (t, e):
         assert rec["peak_memory_bytes"] > 0 and "cpu peak RSS" in rec["peak_memory_kind"] and "CPU" in rec["hardware"]
+        assert rec["cpu_s"] > 0

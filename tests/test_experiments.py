@@ -186,7 +186,8 @@ def test_smoke_plan_stays_modest() -> None:
     # + V3's (efficiency on VisA) ViP2-CLIP runs: all shared with V1 (MVTec AD- and VisA-trained, VisA eval)
     # + AdaCLIP-released in V1/V2 under its own protocol (smoke: 2 train runs on concatenated sets with
     # per-epoch validation, 6 eval runs; ~21 s CPU)
-    assert len(plan.train_jobs) <= 52 and len(plan.eval_jobs) <= 240, plan.summary()
+    # + ViP2-CLIP's Tables 5-6 (V5, V6): 6 train and 6 eval runs, and its paper vs code (VX): 4 and 4 (VisA only)
+    assert len(plan.train_jobs) <= 62 and len(plan.eval_jobs) <= 250, plan.summary()
 
 
 # ------------------------------------------------------------------------------ paper values

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,17 @@ def hardware(device: str) -> str:
 
 class PeakMemory:
     """Peak memory of one run: ``start()`` resets the counter, ``record()`` reads it back as the fields
-    ``peak_memory_bytes``, ``peak_memory_kind`` and ``hardware`` of timing.json."""
+    ``peak_memory_bytes``, ``peak_memory_kind`` and ``hardware`` of timing.json, with ``cpu_s``, the
+    process's CPU seconds (user + system, all threads) since ``start()`` (what a smoke budget counts)."""
 
     def __init__(self, device: str) -> None:
         self.device = str(device)
         self.cuda = self.device.startswith("cuda") and torch.cuda.is_available()
         self.reset = False
+        self.cpu0 = time.process_time()
 
     def start(self) -> PeakMemory:
+        self.cpu0 = time.process_time()
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -86,7 +90,8 @@ class PeakMemory:
         else:
             peak = _vm_hwm_bytes()
             kind = RSS_KIND if self.reset else RSS_UNRESET_KIND
-        return {"peak_memory_bytes": peak, "peak_memory_kind": kind, "hardware": hardware(self.device)}
+        return {"peak_memory_bytes": peak, "peak_memory_kind": kind, "hardware": hardware(self.device),
+                "cpu_s": round(time.process_time() - self.cpu0, 4)}
 
 
 def synchronize(device: str) -> None:

@@ -26,9 +26,9 @@ from glocal_lib.experiments.tables import (
 )
 
 
-def variant_cells(reg: Registry, variant: str, domain: str) -> list[Cell]:
-    """A variant's cells on every dataset of the ablation protocol in one domain."""
-    return reg.cells_for(reg.variant(variant), variant, domain, "ablation")
+def variant_cells(reg: Registry, variant: str, domain: str, protocol: str = "ablation") -> list[Cell]:
+    """A variant's cells on every dataset of the ablation protocol (or a named one) in one domain."""
+    return reg.cells_for(reg.variant(variant), variant, domain, protocol)
 
 
 def row_label(reg: Registry, spec: dict[str, Any]) -> str:
@@ -97,32 +97,35 @@ class AblationTable(Kind):
 
 @register_kind("released_vs_paper")
 class ReleasedVsPaper(Kind):
-    """One section per `sections` entry: setting A vs setting B (and B - A) per dataset (TX).
+    """One section per `sections` entry: setting A vs setting B (and B - A) per dataset (TX, VX).
 
     A section may compare two metrics of one run (`metric_a`/`metric_b`, shown as `metric_label`) and
-    name its rows (`label_a`/`label_b`, default: the variants' labels)."""
+    name its rows (`label_a`/`label_b`, default: the variants' labels). Optional `protocol` (default the
+    ablation protocol: another paper's, e.g. ViP2-CLIP's) and `metrics` (default the table metrics)."""
 
     required = ("title", "notebook", "domains", "sections", "paper")
 
     def cells(self, reg: Registry, aid: str, art: dict[str, Any]) -> list[Cell]:
         names = sorted({s[k] for s in art["sections"] for k in ("a", "b")})
-        return [c for dom in art["domains"] for v in names for c in variant_cells(reg, v, dom)]
+        prot = art.get("protocol", "ablation")
+        return [c for dom in art["domains"] for v in names for c in variant_cells(reg, v, dom, prot)]
 
     def draw(self, ctx: Drawing, aid: str, art: dict[str, Any]) -> TableBody:
         reg = ctx.reg
         pcfg = art["paper"]
         paper = load_paper_table(pcfg["file"])
         out = []
+        prot = art.get("protocol", "ablation")
         for sec in art["sections"]:
             la = sec.get("label_a") or reg.variant_label(sec["a"])
             lb = sec.get("label_b") or reg.variant_label(sec["b"])
             ma, mb = sec.get("metric_a"), sec.get("metric_b")
             for dom in art["domains"]:
-                cb = {c.dataset: c for c in variant_cells(reg, sec["b"], dom)}
-                for cell_a in variant_cells(reg, sec["a"], dom):
+                cb = {c.dataset: c for c in variant_cells(reg, sec["b"], dom, prot)}
+                for cell_a in variant_cells(reg, sec["a"], dom, prot):
                     ra, rb = ctx.cell(cell_a), ctx.cell(cb[cell_a.dataset])
                     name = reg.dataset_name(cell_a.dataset)
-                    for m in [ma] if ma else list(reg.data["table_metrics"]):
+                    for m in [ma] if ma else list(art.get("metrics") or reg.data["table_metrics"]):
                         level, pm = paper_metric(reg, m)
                         pv = lookup(paper, table=pcfg["table"], domain=dom, dataset=name, method=pcfg["method"],
                                     level=level, metric=pm)
@@ -136,5 +139,6 @@ class ReleasedVsPaper(Kind):
                                        lambda_selected_on_test=rb.select_on_test, run_ids=" ".join(rb.run_ids),
                                        **common))
                         out.append(long_row(aid, row="B − A", reproduced=vb - va, note=DIFF_NOTE, **common))
-        ctx.notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
+        if any(reg.variant(s[k]).get("lambda") == "select" for s in art["sections"] for k in ("a", "b")):
+            ctx.notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
         return TableBody(out, ["dataset", "row"], ["metric"], "section")
