@@ -127,6 +127,12 @@ repro.show("V5", ids)
 repro.show("V6", ids)
 
 # %% [markdown]
+# ## AX — AdaCLIP: what its released code does vs the alternatives (activation, precision, HSF, dice, model selection)
+
+# %%
+repro.show("AX", ids)
+
+# %% [markdown]
 # ## VX — ViP2-CLIP: what its paper says vs what its released code does
 #
 # Spec vip2clip.md section 8, rows 1 (normal state word), 3 (FGP scale) and 7 (image score), one switch at a time

@@ -94,3 +94,50 @@ def test_datasets_are_the_protocol_members(tmp_path: Path) -> None:
     r = open_reproduction("smoke", methods=["AdaCLIP-released"], results_root=str(tmp_path / "r"),
                           data_root=str(tmp_path / "d"))
     assert {"mvtec", "colondb", "visa", "clinicdb"} <= set(r.datasets_for(["V1", "V2"]))
+
+
+# ------------------------------------------------------------------------------------------- AX
+AX_FIELDS = {"ada_quick_gelu": {"activation": "quick_gelu"}, "ada_fp32": {"precision": "fp32"},
+             "ada_hsf_reported": {"hsf": "reported"}, "ada_dice_image": {"dice_reduction": "per_image"},
+             "ada_best_epoch": {"select": "best_epoch"}}
+
+
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_ax_rows_switch_one_released_choice_each(profile: str) -> None:
+    reg = load_registry(profile=profile)
+    art = reg.artifact("AX")
+    assert {s["b"] for s in art["sections"]} == set(AX_FIELDS) and {s["a"] for s in art["sections"]} == {"ada_released"}
+    by_variant = {}
+    for c in reg.artifact_cells("AX"):
+        by_variant.setdefault(c.row, []).append(c.candidates[0].job.train)
+    base = {j.train_dataset: dict(j.overrides) for j in by_variant["ada_released"]}
+    for v, fields in AX_FIELDS.items():
+        for job in by_variant[v]:
+            diff = {k: x for k, x in dict(job.overrides).items() if base[job.train_dataset].get(k) != x}
+            assert diff == fields, (v, diff)
+            # only the best-epoch row ranks epochs, on the protocol pair's validation set
+            want = {"smoke": {"btad": "mpdd"}, "paper": {"mvtec": "visa", "visa": "mvtec"}}[profile][job.train_dataset]
+            assert job.validation == (want if v == "ada_best_epoch" else None)
+    if profile == "smoke":  # one training set, one evaluation set, 2 epochs (so the pick has a choice)
+        assert {c.dataset for c in reg.artifact_cells("AX")} == {"mpdd"}
+        assert all(j.overrides_dict["epochs"] == 2 for js in by_variant.values() for j in js)
+
+
+def test_jobs_sharing_one_run_are_both_recorded(tmp_path: Path) -> None:
+    """Two job names whose settings coincide (AdaCLIP's fp16 and fp32 rows on a CPU, names cut to 80
+    characters in run ids) share one run; the second is recorded in the ledger too, so both draw."""
+    from helpers_engine import profile_at, small_data
+
+    from glocal_lib.engine import TrainSpec, run_train
+    from glocal_lib.engine.runs import read_ledger
+
+    prof = profile_at(tmp_path, epochs=1)
+    data = small_data(prof, "mvtec", ["bottle"])
+    stem = "x" * 80
+    first = run_train(TrainSpec(f"{stem}-a", preset="adaclip-glocal-protocol", overrides={"ensemble": "minimal"}),
+                      prof, progress=False, data=data)
+    second = run_train(TrainSpec(f"{stem}-precisionfp32", preset="adaclip-glocal-protocol",
+                                 overrides={"ensemble": "minimal", "precision": "fp32"}), prof, progress=False, data=data)
+    assert first == second  # fp32 on a CPU either way: one run
+    ledger = read_ledger(prof.results_root)
+    assert ledger[("train", f"{stem}-a")]["run_id"] == ledger[("train", f"{stem}-precisionfp32")]["run_id"] == first.name

@@ -47,6 +47,7 @@ from glocal_lib.engine.runs import (
     load_run,
     mark_done,
     record_failure,
+    record_name,
     require_device,
     run_id,
     run_lock,
@@ -243,10 +244,12 @@ def run_eval(spec: EvalSpec, profile: Profile, *, progress: bool = True, data: D
     identity, cfg, ckpt, seed = eval_identity(spec, profile, data)
     run_dir = profile.runs_dir("eval") / run_id(spec.name, identity)
     if is_done(run_dir):
+        record_name(run_dir, spec.name)  # the run of another job with the same settings
         return run_dir
     profile.apply_threads()
     with run_lock(run_dir):
         if is_done(run_dir):
+            record_name(run_dir, spec.name)
             return run_dir
         config = {"kind": "eval", "name": spec.name, "profile": profile.name, "preset": identity["preset"],
                   "banner": profile.banner, "dataset": spec.dataset, "eval_level": data.eval_level,

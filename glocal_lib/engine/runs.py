@@ -219,6 +219,26 @@ def _record(run_dir: Path, finished: float) -> Path:
     return atomic_write_json(ledger_dir(run_dir.parent.parent.parent) / f"{kind}-{run_dir.name}.json", entry)
 
 
+def record_name(run_dir: Path, name: str) -> None:
+    """Give a finished run a ledger entry under another job name too. Two jobs whose settings coincide
+    share one run (same identity; names are cut to 80 characters in run ids), e.g. AdaCLIP's fp16 and
+    fp32 rows on a CPU, where autocast is off: the second job finds the run done and is recorded here
+    (`<kind>-<run id>--<name hash>.json`), so drawing finds the run under either name."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        finished = float(json.loads((run_dir / DONE).read_text() or "{}")["finished"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if config.get("name") == name:
+        return
+    kind = run_dir.parent.name
+    path = ledger_dir(run_dir.parent.parent.parent) / f"{kind}-{run_dir.name}--{stable_hash(name, 8)}.json"
+    if not path.is_file():
+        atomic_write_json(path, {"name": name, "kind": kind, "run_id": run_dir.name, "status": "done",
+                                 "dataset": config.get("dataset", config.get("train_dataset")), "finished": finished,
+                                 "alias_of": config.get("name")})
+
+
 def rebuild_ledger(results_root: str | os.PathLike[str]) -> int:
     """Record every finished run that has no ledger entry (a results folder made before the ledger
     existed, or a deleted ledger); returns how many entries it wrote. The finish time is DONE's, else

@@ -39,6 +39,7 @@ from glocal_lib.engine.runs import (
     is_done,
     mark_done,
     record_failure,
+    record_name,
     require_device,
     run_id,
     run_lock,
@@ -248,10 +249,12 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
     identity = train_identity(spec, profile, cfg, data, val)
     run_dir = profile.runs_dir("train") / run_id(spec.name, identity)
     if is_done(run_dir):
+        record_name(run_dir, spec.name)  # the run of another job with the same settings
         return run_dir
     profile.apply_threads()
     with run_lock(run_dir):
         if is_done(run_dir):
+            record_name(run_dir, spec.name)
             return run_dir
         if restart:
             shutil.rmtree(run_dir)

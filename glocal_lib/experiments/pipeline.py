@@ -97,6 +97,7 @@ class Reproduction:
         ids = self.registry.expand_ids(only)
         plan = self.plan(ids)
         used = [k for j in plan.train_jobs for k in j.train_datasets] + [j.dataset for j in plan.eval_jobs]
+        used += [j.validation for j in plan.train_jobs if j.validation]  # best-epoch runs' validation sets
         if "T5" in ids:
             used += [d for d in self.registry.artifact("T5")["datasets"] if self.registry.keep(d)]
         return list(dict.fromkeys(used))

@@ -79,13 +79,17 @@ class TrainJob:
     preset: str
     train_dataset: str | tuple[str, ...]
     overrides: Overrides = ()
+    # best-epoch runs only (select: best_epoch): the set that ranks the epochs, when the protocol names one
+    # (else the preset's own); None for every other run, whose name and id it leaves unchanged
+    validation: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_dataset", train_value(self.train_dataset))  # ["mvtec"] -> "mvtec"
 
     @property
     def name(self) -> str:
-        return f"{_short_preset(self.preset)}-{train_label(self.train_dataset)}{_tag(self.overrides)}"
+        val = f"-val{self.validation}" if self.validation else ""
+        return f"{_short_preset(self.preset)}-{train_label(self.train_dataset)}{_tag(self.overrides)}{val}"
 
     @property
     def train_datasets(self) -> tuple[str, ...]:
@@ -100,7 +104,7 @@ class TrainJob:
         from glocal_lib.engine import TrainSpec
 
         return TrainSpec(name=self.name, train_dataset=self.train_dataset, preset=self.preset,
-                         overrides=self.overrides_dict)
+                         overrides=self.overrides_dict, validation=self.validation)
 
 
 @dataclass(frozen=True)
@@ -302,6 +306,13 @@ class Registry:
                 out.append((train_value(p["train"]), evals))
         return out
 
+    def pair_validation(self, which: str, domain: str, train: str | tuple[str, ...]) -> str | None:
+        """The `validation` set a protocol pair names (for best-epoch runs), or None."""
+        for p in self.data["protocols"][self.protocol_name(which)].get(domain, []):
+            if train_value(p["train"]) == train_value(train) and p.get("validation"):
+                return str(p["validation"])
+        return None
+
     def main_pair_for(self, dataset: str) -> tuple[str, str | tuple[str, ...]] | None:
         """(domain, train set) under which the main protocol evaluates `dataset`."""
         domain = self.domain_of(dataset)
@@ -329,9 +340,10 @@ class Registry:
         return self.glocal_preset if preset == GLOCAL_ALIAS else preset
 
     # --- config -> jobs
-    def candidates(self, entry: dict[str, Any], train: str | tuple[str, ...] | None, dataset: str
-                   ) -> tuple[list[Candidate], bool]:
-        """The eval jobs that can supply one cell of `entry` (method or variant) on `dataset`."""
+    def candidates(self, entry: dict[str, Any], train: str | tuple[str, ...] | None, dataset: str,
+                   validation: str | None = None) -> tuple[list[Candidate], bool]:
+        """The eval jobs that can supply one cell of `entry` (method or variant) on `dataset`; `validation`
+        (the protocol pair's) goes to the train jobs whose config selects the best epoch."""
         from glocal_lib.config import load_preset, preset_info, variant_for
 
         if entry.get("reproduced", True) is False:
@@ -368,7 +380,8 @@ class Registry:
             if lam is not None:
                 values["gcl_lambda"] = lam
             eff = load_preset(preset, variant, **values).to_dict()
-            tj = TrainJob(preset=preset, train_dataset=train, overrides=_diff(eff, base))
+            val = validation if eff.get("select") == "best_epoch" else None
+            tj = TrainJob(preset=preset, train_dataset=train, overrides=_diff(eff, base), validation=val)
             out.append(Candidate(lam, EvalJob(dataset=dataset, train=tj)))
         return out, select
 
@@ -377,10 +390,11 @@ class Registry:
         """One cell per evaluated dataset of the protocol (optionally restricted to `datasets`)."""
         cells = []
         for train, evals in self.protocol(which, domain):
+            val = self.pair_validation(which, domain, train)
             for ds in evals:
                 if datasets is not None and ds not in datasets:
                     continue
-                cands, select = self.candidates(entry, train, ds)
+                cands, select = self.candidates(entry, train, ds, val)
                 cells.append(Cell(row, domain, train if entry.get("trained", True) else None, ds,
                                   tuple(cands), select))
         return cells
@@ -504,4 +518,5 @@ def load_registry(path: str | Path | None = None, **kwargs: Any) -> Registry:
 def _protocol_datasets(data: dict[str, Any]) -> set[str]:
     """Every training and evaluation set the protocols name."""
     pairs = [p for proto in data["protocols"].values() for domain in proto.values() for p in domain]
-    return {k for p in pairs for k in train_keys(p["train"])} | {d for p in pairs for d in p["eval"]}
+    return ({k for p in pairs for k in train_keys(p["train"])} | {d for p in pairs for d in p["eval"]}
+            | {p["validation"] for p in pairs if p.get("validation")})

@@ -97,11 +97,12 @@ class AblationTable(Kind):
 
 @register_kind("released_vs_paper")
 class ReleasedVsPaper(Kind):
-    """One section per `sections` entry: setting A vs setting B (and B - A) per dataset (TX, VX).
+    """One section per `sections` entry: setting A vs setting B (and B - A) per dataset (TX, VX, AX).
 
     A section may compare two metrics of one run (`metric_a`/`metric_b`, shown as `metric_label`) and
     name its rows (`label_a`/`label_b`, default: the variants' labels). Optional `protocol` (default the
-    ablation protocol: another paper's, e.g. ViP2-CLIP's) and `metrics` (default the table metrics)."""
+    ablation protocol: another paper's, e.g. ViP2-CLIP's; AX: AdaCLIP's, with validation sets) and
+    `metrics` (default the table metrics)."""
 
     required = ("title", "notebook", "domains", "sections", "paper")
 
@@ -116,6 +117,7 @@ class ReleasedVsPaper(Kind):
         paper = load_paper_table(pcfg["file"])
         out = []
         prot = art.get("protocol", "ablation")
+        picks: set[tuple[str, int | None]] = set()
         for sec in art["sections"]:
             la = sec.get("label_a") or reg.variant_label(sec["a"])
             lb = sec.get("label_b") or reg.variant_label(sec["b"])
@@ -124,6 +126,7 @@ class ReleasedVsPaper(Kind):
                 cb = {c.dataset: c for c in variant_cells(reg, sec["b"], dom, prot)}
                 for cell_a in variant_cells(reg, sec["a"], dom, prot):
                     ra, rb = ctx.cell(cell_a), ctx.cell(cb[cell_a.dataset])
+                    picks |= {(r.epoch_selected_on, r.selected_epoch) for r in (ra, rb) if r.epoch_selected_on}
                     name = reg.dataset_name(cell_a.dataset)
                     for m in [ma] if ma else list(art.get("metrics") or reg.data["table_metrics"]):
                         level, pm = paper_metric(reg, m)
@@ -141,4 +144,11 @@ class ReleasedVsPaper(Kind):
                         out.append(long_row(aid, row="B − A", reproduced=vb - va, note=DIFF_NOTE, **common))
         if any(reg.variant(s[k]).get("lambda") == "select" for s in art["sections"] for k in ("a", "b")):
             ctx.notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
+        if picks:
+            ctx.notes.append(prov_mod.epoch_note(str(pcfg.get("method", aid)), picks, reg.dataset_name, MARK))
+        if prot != "ablation":
+            ctx.notes.append(f"protocol {reg.protocol_name(prot)}: " + "; ".join(
+                f"{reg.dataset_name(t)} -> {', '.join(reg.dataset_name(d) for d in e)}"
+                + (f" (epochs ranked on {reg.dataset_name(v)})" if (v := reg.pair_validation(prot, dom, t)) else "")
+                for dom in art["domains"] for t, e in reg.protocol(prot, dom)))
         return TableBody(out, ["dataset", "row"], ["metric"], "section")
