@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from glocal_lib.bench.machine import command_line, machine_info, markdown_machine, median, peak_rss_mb, timed
+from glocal_lib.metrics.summary import MEAN_ROW
 
 MODULE = "glocal_lib.bench.bench_cold_eval"
 VARIANTS = ("released", "engine", "engine-exact")
@@ -88,7 +89,7 @@ def child(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             prof = prof.replace(fused_attention=False)
         run, wall, cpu = timed(lambda: run_eval(spec, prof, progress=False, data=data))
         m = load_run(run).metrics()
-        metrics = m[m["category"] != "mean"][["category", "metric", "value"]]
+        metrics = m[m["category"] != MEAN_ROW][["category", "metric", "value"]]
     return {"variant": variant, "rep": args.rep, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(),
             "rss_after_imports_mb": rss_before, "images": len(data.index),
             "metrics": metrics.to_dict(orient="records")}

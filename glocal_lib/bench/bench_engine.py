@@ -40,6 +40,7 @@ import torch
 
 from glocal_lib.bench.machine import machine_info, median, timed
 from glocal_lib.config import PRECISIONS
+from glocal_lib.metrics.summary import MEAN_ROW
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "smoke": {"backbone": "glocal-tiny-8", "image_size": 112, "train_rows": None, "eval_rows": None},
@@ -210,7 +211,7 @@ def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace, work:
         median(times["released"]), median(times["cold"]), median(times["warm"]))
     out["eval_times"] = times
     got = load_run(cold).metrics()
-    got = got[got["category"] != "mean"].merge(ref, on=["category", "metric"], suffixes=("", "_ref"))
+    got = got[got["category"] != MEAN_ROW].merge(ref, on=["category", "metric"], suffixes=("", "_ref"))
     out["metric_rows_compared"] = len(got)
     out["metric_max_abs_diff"] = float((got["value"] - got["value_ref"]).abs().max())
     out["metric_diffs"] = {k: float(g["value"].sub(g["value_ref"]).abs().max()) for k, g in got.groupby("metric")}
@@ -220,7 +221,8 @@ def bench_config(name: str, cfg: dict[str, Any], args: argparse.Namespace, work:
         for f, p in zip(samples["file"], samples["image_path"]))
     warm_m = load_run(warm).metrics()
     out["warm_equals_cold"] = bool(np.allclose(warm_m["value"], load_run(cold).metrics()["value"], equal_nan=True))
-    mean = load_run(cold).metrics().query("category == 'mean'").set_index("metric")["value"]
+    cold_m = load_run(cold).metrics()
+    mean = cold_m[cold_m["category"] == MEAN_ROW].set_index("metric")["value"]
     out["eval_mean"] = {k: round(float(v), 4) for k, v in mean.items()}
     if torch.cuda.is_available() and args.device.startswith("cuda"):
         out["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from glocal_lib.bench.machine import command_line, load_average, machine_info, markdown_machine, median
+from glocal_lib.metrics.summary import MEAN_ROW
 
 MODULE = "glocal_lib.bench.bench_gpu"
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, by name fragment.
@@ -156,7 +157,7 @@ def evaluation_rows(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     spec_warm = replace(spec, name="bench-warm")
     _, t_warm, m_warm = _phase(args.device, lambda: run_eval(spec_warm, prof, progress=False, data=data))
     got = load_run(run).metrics()
-    got = got[got["category"] != "mean"].merge(ref, on=["category", "metric"], suffixes=("", "_ref"))
+    got = got[got["category"] != MEAN_ROW].merge(ref, on=["category", "metric"], suffixes=("", "_ref"))
     return {"images": len(data.index), "released_s": t_ref, "cold_s": t_cold, "warm_s": t_warm,
             "peak": (m_ref, m_cold, m_warm), "compared": len(got),
             "max_diff": float((got["value"] - got["value_ref"]).abs().max())}

@@ -182,7 +182,7 @@ class ResultStore:
                     result.select_on_test = result.select_on_test or sel.get("validation") == cell.dataset
         if per_category:
             df = self.metrics(best.job)
-            result.per_category = df[(df["dataset"] == cell.dataset) & (df["category"].astype(str) != "mean")]
+            result.per_category = df[(df["dataset"] == cell.dataset) & (df["category"].astype(str) != MEAN_ROW)]
         return result
 
     def best_job(self, cell: Cell) -> EvalJob | None:

@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from glocal_lib.engine.train import LOSS_KEYS  # noqa: E402
+from glocal_lib.metrics.summary import MEAN_ROW  # noqa: E402
 
 # a label (the job name) and the run's losses.csv (columns epoch, step, then one per loss term)
 LossLog = tuple[str, pd.DataFrame]
@@ -81,10 +82,10 @@ def metrics_table(runs: Sequence[tuple[str, Any]], metrics: Sequence[str]) -> pd
     rows = []
     for name, run in runs:
         df = run.metrics()
-        mean = df[df["category"].astype(str) == "mean"].set_index("metric")["value"]
+        mean = df[df["category"].astype(str) == MEAN_ROW].set_index("metric")["value"]
         scores = run.scores()
         row: dict[str, Any] = {"run": name, "dataset": str(df["dataset"].iloc[0]) if len(df) else "",
-                               "categories": int(df.loc[df["category"].astype(str) != "mean", "category"].nunique()),
+                               "categories": int(df.loc[df["category"].astype(str) != MEAN_ROW, "category"].nunique()),
                                "images": len(scores), "anomalous": int((scores["label"] == 1).sum())}
         row.update({m: 100 * float(mean[m]) if m in mean.index else NOT_MEASURED for m in metrics})
         rows.append(row)

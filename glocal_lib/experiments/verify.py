@@ -33,6 +33,7 @@ from glocal_lib.experiments.paper_values import category_key, load_paper_table
 from glocal_lib.experiments.registry import Registry, load_registry
 from glocal_lib.experiments.tables import LONG_COLUMNS, Table, long_row, to_markdown, write_table
 from glocal_lib.io import atomic_write_json, git_blob_id
+from glocal_lib.metrics.summary import MEAN_ROW
 
 ARTIFACT = "RC"
 PRESET = "anomalyclip"  # the released scripts' configuration (top layer, local x4)
@@ -153,15 +154,15 @@ def compare(registry: Registry, results: Sequence[tuple[Checked, Path]], *, stan
         run = load_run(run_dir)
         name = registry.dataset_name(ck.eval)
         ours = run.metrics()
-        ours = ours.assign(key=ours["category"].astype(str).map(lambda c: "mean" if c == "mean" else category_key(c)))
+        ours = ours.assign(key=ours["category"].astype(str).map(lambda c: MEAN_ROW if c == MEAN_ROW else category_key(c)))
         sub = log[log["dataset"] == name]
-        logged = {(("mean" if not r.category else r.category_key), LOG_METRICS[(r.level, r.metric)]): float(r.value)
+        logged = {((MEAN_ROW if not r.category else r.category_key), LOG_METRICS[(r.level, r.metric)]): float(r.value)
                   for r in sub.itertuples() if (r.level, r.metric) in LOG_METRICS}
-        cats = [c for c in dict.fromkeys(ours["key"]) if c != "mean"]
+        cats = [c for c in dict.fromkeys(ours["key"]) if c != MEAN_ROW]
         if not stand_in:  # every category the log has, ours missing or not
-            cats += [c for c, _ in logged if c != "mean" and c not in cats]
+            cats += [c for c, _ in logged if c != MEAN_ROW and c not in cats]
         section = f"{name} ← {ck.file} (trained on {registry.dataset_name(ck.train)})"
-        for cat in [*cats, "mean"]:
+        for cat in [*cats, MEAN_ROW]:
             for metric in LOG_METRICS.values():
                 hit = ours[(ours["key"] == cat) & (ours["metric"] == metric)]["value"]
                 rv = float(hit.iloc[0]) * 100 if len(hit) and not pd.isna(hit.iloc[0]) else np.nan

@@ -32,6 +32,7 @@ from glocal_lib.experiments.tables import (
     paper_metric,
     pct,
 )
+from glocal_lib.metrics.summary import MEAN_ROW
 
 
 def method_cells(reg: Registry, art: dict[str, Any]) -> list[Cell]:
@@ -69,7 +70,7 @@ def cross_check(reg: Registry, rows: list[dict[str, Any]], cross: dict[str, Any]
     other = load_paper_table(cross["file"])
     differ, compared = [], 0
     for r in rows:
-        if r["category"] != "mean" or math.isnan(r["paper"]):
+        if r["category"] != MEAN_ROW or math.isnan(r["paper"]):
             continue
         level, pm = paper_metric(reg, r["metric"])
         pv = lookup(other, table=cross["table"], domain=r["domain"], dataset=r["dataset"], method=r["row"],
@@ -346,23 +347,23 @@ class PerCategoryTable(_MethodTable):
                 cats = res.per_category if res.per_category is not None else pd.DataFrame(
                     columns=["category", "metric", "value"])
                 categories = list(dict.fromkeys(cats["category"].astype(str)))
-                for cat in categories + ["mean"]:
+                for cat in categories + [MEAN_ROW]:
                     for m in metrics:
                         level, pm = paper_metric(reg, m)
-                        if cat == "mean":
+                        if cat == MEAN_ROW:
                             rv = pct(res.values, m)
                         else:
                             hit = cats[(cats["category"].astype(str) == cat) & (cats["metric"] == m)]["value"]
                             rv = float(hit.iloc[0]) * 100 if len(hit) and not pd.isna(hit.iloc[0]) else np.nan
                         pv, src_ref = np.nan, ""
                         if method in own:  # another paper's dataset means (no per-category values)
-                            if cat == "mean":
+                            if cat == MEAN_ROW:
                                 pv, src = first_published(reg, own[method], ds, level, pm, dom)
                                 src_ref = src.ref if src is not None else ""
                         elif paper is not None:
                             sub = paper[(paper["method"] == method) & (paper["level"] == level)
                                         & (paper["metric"] == pm)]
-                            key = "mean" if cat == "mean" else category_key(cat)
+                            key = MEAN_ROW if cat == MEAN_ROW else category_key(cat)
                             hit = sub[sub["category_key"] == key]["value"]
                             pv = float(hit.iloc[0]) if len(hit) else np.nan
                             src_ref = files[ds] if len(hit) else ""

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from glocal_lib.data.registry import DOMAINS
 from glocal_lib.experiments.kinds.base import Drawing, Kind, TableBody, register_kind
 from glocal_lib.experiments.paper_values import load_paper_table, lookup
 from glocal_lib.experiments.registry import Cell, Registry, TrainJob
@@ -55,7 +56,7 @@ def _pair(reg: Registry, art: dict[str, Any], train: str | None, dataset: str | 
     """(domain, training set, evaluated set) of the protocol pair that trains on `train` (its first
     evaluation set) or evaluates `dataset`; None when the profile's protocol (or filter) has none."""
     which = art.get("protocol", "main")
-    for domain in ("industrial", "medical"):
+    for domain in DOMAINS:
         for tr, evals in reg.protocol(which, domain):
             if train is not None and tr == train:
                 return domain, tr, evals[0]
