@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,22 @@ class FrozenTowerDetector(nn.Module):
 
     clip: nn.Module
     vision: DualPathVisionEncoder
+    prompts: nn.Module  # every trained tensor but the deep text prompts
+    deep: DeepTextPrompts | None
+
+    def _freeze_clip(self, clip: nn.Module, cfg: Any, backbone: str | None, weights: str | None, seed: int,
+                     backbone_seed: int) -> int:
+        """The constructor head every detector shares: keep what rebuilds the model (config, backbone,
+        weights, prompt seed, random-backbone seed) and hold `clip` frozen in eval mode; returns its
+        number of vision blocks."""
+        self.cfg = cfg
+        self.backbone_name = backbone
+        self.weights = weights
+        self.seed = seed  # initial prompt vectors
+        self.backbone_seed = backbone_seed  # random backbone (weights None); recorded for rebuilding
+        clip.requires_grad_(False)
+        self.clip = clip.eval()
+        return len(clip.visual.transformer.resblocks)
 
     @property
     def image_size(self) -> int:
@@ -116,6 +133,23 @@ class FrozenTowerDetector(nn.Module):
         """Autocast context of ``cfg.precision`` (nothing for fp32, the released precision)."""
         return autocast(self.device, self.cfg.precision)
 
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains: the parameters of ``prompts`` that require grad (context vectors),
+        then the deep text prompts of ``deep`` (None: none); empty for zero-shot CLIP."""
+        params = [p for p in self.prompts.parameters() if p.requires_grad]
+        if self.deep is not None:
+            params += self.deep.trainable()
+        return params
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> VisionFeatures:
+        """Frozen features of normalised images (B, 3, S, S), float32: the encoder's global embedding
+        (B, D) and patch tokens (B, n_layers, N, D)."""
+        images = images.to(self.device, torch.float32)
+        with self.autocast():
+            global_emb, patch = self.vision(images)
+        return VisionFeatures(global_emb.float(), patch.float())
+
     def _as_features(self, feats_or_images: VisionFeatures | torch.Tensor) -> VisionFeatures:
         if isinstance(feats_or_images, VisionFeatures):
             return feats_or_images.to(self.device, torch.float32)
@@ -137,14 +171,7 @@ class GlocalDetector(FrozenTowerDetector):
                  weights: str | None = None, image_size: int | None = None, seed: int = 0,
                  backbone_seed: int = 0) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.backbone_name = backbone
-        self.weights = weights
-        self.seed = seed  # initial prompt vectors
-        self.backbone_seed = backbone_seed  # random backbone (weights None); recorded for rebuilding
-        clip.requires_grad_(False)
-        self.clip = clip.eval()
-        depth = len(clip.visual.transformer.resblocks)
+        depth = self._freeze_clip(clip, cfg, backbone, weights, seed, backbone_seed)
         vv_start = cfg.vv_start_layer if cfg.vv_start_layer is not None else default_vv_start_layer(depth)
         layers = cfg.feature_layers if cfg.feature_layers is not None else default_feature_layers(depth)
         layers = resolve_feature_layers(layers, depth)
@@ -185,13 +212,6 @@ class GlocalDetector(FrozenTowerDetector):
     @property
     def prompt_names(self) -> tuple[str, ...]:
         return self.prompts.prompt_names
-
-    def prompt_parameters(self) -> list[nn.Parameter]:
-        """Every trainable parameter (context vectors, then deep prompts); empty for zero-shot CLIP."""
-        params = [p for p in self.prompts.parameters() if p.requires_grad]
-        if self.deep is not None:
-            params += self.deep.trainable()
-        return params
 
     # ---- text -------------------------------------------------------------------------------
     def text_embeddings(self, class_name: str | None = None) -> torch.Tensor:

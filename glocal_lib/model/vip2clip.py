@@ -231,13 +231,8 @@ class Vip2ClipDetector(FrozenTowerDetector):
                  weights: str | None = None, image_size: int | None = None, seed: int = 0,
                  backbone_seed: int = 0) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.backbone_name, self.weights = backbone, weights
-        self.seed, self.backbone_seed = seed, backbone_seed
+        depth = self._freeze_clip(clip, cfg, backbone, weights, seed, backbone_seed)
         self.deep = None
-        clip.requires_grad_(False)
-        self.clip = clip.eval()
-        depth = len(clip.visual.transformer.resblocks)
         layers = cfg.feature_layers if cfg.feature_layers is not None else default_feature_layers(depth)
         self.vision = DualPathVisionEncoder(clip.visual, vv_start_layer=None,
                                             feature_layers=resolve_feature_layers(layers, depth),
@@ -253,7 +248,8 @@ class Vip2ClipDetector(FrozenTowerDetector):
         fgp = nn.ModuleList([FineGrainedPerception(cfg, dim, gen) for _ in range(n_fgp)])
         self.prompts = nn.ModuleDict({"ica": ica, "fgp": fgp}).to(self.device)
 
-    # ---- Model API attributes (image_size, grid, device, train, autocast: FrozenTowerDetector) --
+    # Model API attributes (image_size, grid, device, train, autocast, encode_image, prompt_parameters):
+    # FrozenTowerDetector
     prompt_names = ("normal", "anomaly")
 
     @property
@@ -263,9 +259,6 @@ class Vip2ClipDetector(FrozenTowerDetector):
     @property
     def fgp(self) -> nn.ModuleList:
         return self.prompts["fgp"]
-
-    def prompt_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.prompts.parameters() if p.requires_grad]
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimiser groups: ICA at ``lr``, FGP at ``lr * fgp_lr_scale`` (released 1e-3 / 1e-5)."""
@@ -295,14 +288,6 @@ class Vip2ClipDetector(FrozenTowerDetector):
     def text_embeddings(self, class_name: str | None = None) -> torch.Tensor:
         """The static templates' text (2, D) (no image: z_i = o_i), logged per epoch by the engine."""
         return self.image_text(None)[0]
-
-    # ---- vision -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> VisionFeatures:
-        images = images.to(self.device, torch.float32)
-        with self.autocast():
-            global_emb, patch = self.vision(images)
-        return VisionFeatures(global_emb.float(), patch.float())
 
     # ---- UTPA -------------------------------------------------------------------------------
     def layer_fgp(self, i: int) -> FineGrainedPerception | None:

@@ -121,12 +121,7 @@ class AdaCLIPDetector(FrozenTowerDetector):
         if getattr(clip, "glocal_activation", None) != cfg.activation:
             raise ConfigError(f"AdaCLIP runs its tower with activation {cfg.activation!r}; load it with "
                               f"load_clip(..., activation={cfg.activation!r}) (build_model does)")
-        self.cfg = cfg
-        self.backbone_name, self.weights = backbone, weights
-        self.seed, self.backbone_seed = seed, backbone_seed
-        clip.requires_grad_(False)
-        self.clip = clip.eval()
-        depth = len(clip.visual.transformer.resblocks)
+        depth = self._freeze_clip(clip, cfg, backbone, weights, seed, backbone_seed)
         layers = resolve_feature_layers(cfg.feature_layers or default_feature_layers(depth), depth)
         self.vision = PromptedVisionTower(clip.visual, layers, image_size, cfg.pos_resize)
         if cfg.visual_prompts and cfg.prompt_depth > depth:

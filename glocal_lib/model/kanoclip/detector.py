@@ -77,14 +77,7 @@ class KAnoCLIPDetector(FrozenTowerDetector):
                  weights: str | None = None, image_size: int | None = None, seed: int = 0,
                  backbone_seed: int = 0) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.backbone_name = backbone
-        self.weights = weights
-        self.seed = seed
-        self.backbone_seed = backbone_seed
-        clip.requires_grad_(False)
-        self.clip = clip.eval()
-        depth = len(clip.visual.transformer.resblocks)
+        depth = self._freeze_clip(clip, cfg, backbone, weights, seed, backbone_seed)
         vv_start = cfg.vv_start_layer if cfg.vv_start_layer is not None else default_vv_start_layer(depth)
         layers = cfg.feature_layers if cfg.feature_layers is not None else default_feature_layers(depth)
         self.vision = DualPathVisionEncoder(
@@ -139,14 +132,6 @@ class KAnoCLIPDetector(FrozenTowerDetector):
             "precision": self.cfg.precision, "fused_attention": self.vision.fused_attention,
             "global_source": self.cfg.global_source,
         }
-
-    @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> VisionFeatures:
-        """CLIP-VV features of normalised images: global_emb (B, D) (per ``global_source``), patch (B, 4, N, D)."""
-        images = images.to(self.device, torch.float32)
-        with self.autocast():
-            global_emb, patch = self.vision(images)
-        return VisionFeatures(global_emb.float(), patch.float())
 
     # ---- text -------------------------------------------------------------------------------
     def _class_text(self, class_name: str | None) -> str | None:
