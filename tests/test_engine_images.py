@@ -5,17 +5,12 @@ and a run killed with SIGKILL resumes to exactly the uninterrupted result."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers_engine import SMALL, profile_at, shared_root, small_data
+from helpers_engine import SMALL, kill_after_first_epoch, profile_at, shared_root, small_data
 from PIL import Image
 
 from glocal_lib.engine import EvalSpec, TrainSpec, load_run, run_eval, run_train, train_run_dir
@@ -124,25 +119,10 @@ def test_image_run_kill_minus_9_then_resume(base: Path, select: str) -> None:
     spec = dataclasses.replace(_spec(), **kw)
     ref = run_train(spec, full, progress=False, data=data)
     run_dir = train_run_dir(spec, killed, data)
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
-        "from helpers_engine import profile_at, small_data;"
-        "from pathlib import Path; from glocal_lib.engine import TrainSpec, run_train;"
-        f"p = profile_at(Path(sys.argv[3]), 'res-img-kill-{select}', epochs={epochs});"
+    kill_after_first_epoch(
+        run_dir, base, f"res-img-kill-{select}", epochs,
         f"run_train(TrainSpec('ada', preset={spec.preset!r}, overrides={ADA!r}, validation={spec.validation!r}), p,"
-        f" progress=False, data=small_data(p, 'mvtec', {CATS!r}))"
-    )
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-c", code, str(repo), str(Path(__file__).parent), str(base)],
-                            env={**os.environ, "PYTHONPATH": str(repo)})
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "epoch_01.pt").is_file():
-        assert proc.poll() is None, "training subprocess ended early"
-        assert time.time() < deadline, "no epoch finished in time"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not load_run(run_dir).done
+        f" progress=False, data=small_data(p, 'mvtec', {CATS!r}))", timeout=300)
     resumed = run_train(spec, killed, progress=False, data=data)
     assert resumed == run_dir and load_run(resumed).done
     for p, q in zip(_prompts(ref), _prompts(resumed), strict=True):

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers_engine import SMALL, profile_at, shared_root, small_data
+from helpers_engine import SMALL, kill_after_first_epoch, profile_at, shared_root, small_data
 
 from glocal_lib.engine import TrainSpec, load_run, run_train, train_run_dir
 from glocal_lib.engine import train as train_mod
@@ -118,24 +113,10 @@ def test_kill_minus_9_then_resume(base: Path) -> None:
     spec = TrainSpec("k", overrides=SMALL)
     ref = run_train(spec, full, progress=False, data=data)
     run_dir = train_run_dir(spec, killed, data)
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
-        "from helpers_engine import profile_at, small_data, SMALL;"
-        "from pathlib import Path; from glocal_lib.engine import TrainSpec, run_train;"
-        f"p = profile_at(Path(sys.argv[3]), 'res-kill9', epochs={epochs});"
-        f"run_train(TrainSpec('k', overrides=SMALL), p, progress=False, data=small_data(p, 'mvtec', {CATS!r}))"
-    )
-    repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-c", code, str(repo), str(Path(__file__).parent), str(base)],
-                            env={**os.environ, "PYTHONPATH": str(repo)})
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoints" / "epoch_01.pt").is_file():
-        assert proc.poll() is None, "training subprocess ended early"
-        assert time.time() < deadline, "no epoch finished in time"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not load_run(run_dir).done
+    kill_after_first_epoch(
+        run_dir, base, "res-kill9", epochs,
+        f"run_train(TrainSpec('k', overrides=SMALL), p, progress=False, data=small_data(p, 'mvtec', {CATS!r}))",
+        timeout=120)
     resumed = run_train(spec, killed, progress=False, data=data)
     assert resumed == run_dir and load_run(resumed).done
     for p, q in zip(_prompts(ref), _prompts(resumed), strict=True):
