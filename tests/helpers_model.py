@@ -1,7 +1,9 @@
-"""Small builders shared by the model tests (tiny random backbones, fast on 2 CPU cores)."""
+"""Small builders shared by the model tests (tiny random backbones, fast on 2 CPU cores) and the
+numpy references they compare with."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from glocal_lib.config import ModelConfig, load_preset
@@ -35,3 +37,22 @@ def tiny_model(cfg: ModelConfig | None = None, seed: int = 0, image_size: int = 
     cfg = cfg or small_cfg()
     return GlocalDetector(tiny_clip(backbone, seed), cfg, backbone=backbone, image_size=image_size, seed=seed,
                           backbone_seed=seed)
+
+
+def bilinear_resize_np(img: np.ndarray, size: int) -> np.ndarray:
+    """align_corners=False bilinear resize of (C, h, w) to (C, size, size), written from the formula
+    (half-pixel centres, source coordinate clamped at 0, right/bottom neighbour clamped to the edge)."""
+    c, h, w = img.shape
+    out = np.zeros((c, size, size))
+    for y in range(size):
+        sy = max((y + 0.5) * h / size - 0.5, 0.0)
+        y0 = int(np.floor(sy))
+        y1, ly = min(y0 + 1, h - 1), sy - y0
+        for x in range(size):
+            sx = max((x + 0.5) * w / size - 0.5, 0.0)
+            x0 = int(np.floor(sx))
+            x1, lx = min(x0 + 1, w - 1), sx - x0
+            out[:, y, x] = (1 - ly) * ((1 - lx) * img[:, y0, x0] + lx * img[:, y0, x1]) + ly * (
+                (1 - lx) * img[:, y1, x0] + lx * img[:, y1, x1]
+            )
+    return out

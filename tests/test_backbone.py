@@ -9,6 +9,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_model import bilinear_resize_np
 from safetensors.torch import save_file
 
 from glocal_lib.errors import ConfigError, WeightsError
@@ -175,22 +176,10 @@ def test_unknown_backbone_and_nothing_to_load():
 
 
 def _bilinear_pos_reference(pos: np.ndarray, grid: int) -> np.ndarray:
-    """Half-pixel-centre bilinear resize written from the formula (align_corners=False)."""
+    """The class token, then the patch table (old x old, D) resized by the numpy bilinear formula."""
     old = int(round((pos.shape[0] - 1) ** 0.5))
-    table = pos[1:].reshape(old, old, -1)
-    out = np.zeros((grid, grid, pos.shape[1]))
-    for y in range(grid):
-        sy = max((y + 0.5) * old / grid - 0.5, 0.0)
-        y0 = int(np.floor(sy))
-        y1, ly = min(y0 + 1, old - 1), sy - y0
-        for x in range(grid):
-            sx = max((x + 0.5) * old / grid - 0.5, 0.0)
-            x0 = int(np.floor(sx))
-            x1, lx = min(x0 + 1, old - 1), sx - x0
-            out[y, x] = (1 - ly) * ((1 - lx) * table[y0, x0] + lx * table[y0, x1]) + ly * (
-                (1 - lx) * table[y1, x0] + lx * table[y1, x1]
-            )
-    return np.concatenate([pos[:1], out.reshape(grid * grid, -1)])
+    table = pos[1:].reshape(old, old, -1).transpose(2, 0, 1)  # (D, old, old)
+    return np.concatenate([pos[:1], bilinear_resize_np(table, grid).reshape(pos.shape[1], -1).T])
 
 
 def test_positional_embedding_resize_is_bilinear_not_bicubic():

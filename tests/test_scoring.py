@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers_model import bilinear_resize_np
 from scipy.ndimage import gaussian_filter
 
 from glocal_lib.model.scoring import (
@@ -17,25 +18,6 @@ from glocal_lib.model.scoring import (
     patch_probabilities,
     reflect_indices,
 )
-
-
-def _bilinear_upsample_np(img: np.ndarray, size: int) -> np.ndarray:
-    """align_corners=False bilinear resize of (C, h, w) written from the formula (half-pixel centres,
-    source coordinate clamped at 0, right/bottom neighbour clamped to the edge)."""
-    c, h, w = img.shape
-    out = np.zeros((c, size, size))
-    for y in range(size):
-        sy = max((y + 0.5) * h / size - 0.5, 0.0)
-        y0 = int(np.floor(sy))
-        y1, ly = min(y0 + 1, h - 1), sy - y0
-        for x in range(size):
-            sx = max((x + 0.5) * w / size - 0.5, 0.0)
-            x0 = int(np.floor(sx))
-            x1, lx = min(x0 + 1, w - 1), sx - x0
-            out[:, y, x] = (1 - ly) * ((1 - lx) * img[:, y0, x0] + lx * img[:, y0, x1]) + ly * (
-                (1 - lx) * img[:, y1, x0] + lx * img[:, y1, x1]
-            )
-    return out
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -109,7 +91,7 @@ def test_layer_maps_match_explicit_formula():
     for i in range(b):
         for layer in range(n_layers):
             grid_probs = p[i, layer].reshape(grid, grid, 2).transpose(2, 0, 1)
-            up = _bilinear_upsample_np(grid_probs, size)
+            up = bilinear_resize_np(grid_probs, size)
             np.testing.assert_allclose(probs[i, layer].double().numpy(), up, atol=1e-6)
             np.testing.assert_allclose(maps[i, layer].double().numpy(), (up[1] + 1 - up[0]) / 2, atol=1e-6)
     torch.testing.assert_close(maps_from_probabilities(probs), maps)
