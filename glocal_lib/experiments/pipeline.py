@@ -233,16 +233,6 @@ class Reproduction:
 
         return Image(filename=str(screenshot.index_screenshot(self.root, self.profile.name, readme=readme)))
 
-    def show_table(self, table: tables_mod.Table) -> Any:
-        from IPython.display import Markdown
-
-        return Markdown(tables_mod.to_markdown(table))
-
-    def show_figure(self, artifact_id: str) -> Any:
-        from IPython.display import Image
-
-        return Image(filename=str(self.figures_dir / f"{artifact_id}.png"))
-
 
 def as_name_list(value: str | Sequence[str] | None) -> list[str] | None:
     """Accept a list, or the string papermill's ``-p`` passes (see parameters.name_list, the one parser)."""
