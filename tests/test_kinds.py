@@ -121,6 +121,24 @@ def test_draw_returns_a_table_or_the_figure_files(fake: tuple) -> None:
     assert kinds.ids_of(reg, "table", ["T1", "F4", "RC"]) == ["T1", "RC"]
 
 
+def test_method_gallery_columns_follow_the_tables_order(fake: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    """F3's map columns: the proposed method first, then the others in T1's column order."""
+    from glocal_lib.experiments.kinds import galleries
+
+    reg, store, root = fake
+    drawn: list[list[str]] = []
+
+    def record(title: str, rows: list) -> plt.Figure:
+        drawn.extend([label for label, _ in cols] for _, cols in rows)
+        return plt.figure()
+
+    monkeypatch.setattr(galleries, "gallery", record)
+    kinds.draw("F3", reg, store, tables_dir=root / "tables", figures_dir=root / "figures")
+    f3 = set(reg.methods_of(reg.artifact("F3")))
+    expected = ["input", "ground truth", *[m for m in reg.methods_of(reg.artifact("T1")) if m in f3]]
+    assert drawn and expected[2] == "GlocalCLIP" and all(labels == expected for labels in drawn)
+
+
 def test_evaluations_outside_the_plan_happen_in_02_not_when_drawing(tmp_path: Path, fake: tuple,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A kind's `evaluate` (RC: the released checkpoints) runs from Reproduction.evaluate (notebook 02);
