@@ -102,6 +102,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
 
     from glocal_lib.engine.evaluate import EvalSpec, run_eval
     from glocal_lib.engine.runs import load_run
+    from glocal_lib.metrics.summary import MEAN_ROW
 
     p = argparse.ArgumentParser(prog="glocal eval", description="Evaluate on one or more datasets: per-image "
                                 "scores, per-category and mean metrics (both AUPRO variants), figure samples. "
@@ -138,7 +139,7 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
         print(run.path)
         _print_undefined(run)
         m = run.metrics()
-        tables.append(m[m["category"] == "mean"])
+        tables.append(m[m["category"] == MEAN_ROW])
     table = pd.concat(tables).pivot(index="dataset", columns="metric", values="value") * 100
     print(table.round(1).to_string())
     return 0
