@@ -24,7 +24,8 @@ from glocal_lib.metrics import IMAGE_METRICS
 RESULTS = os.environ.get("GLOCAL_SMOKE_RESULTS")
 needs_smoke = pytest.mark.skipif(not RESULTS, reason="set GLOCAL_SMOKE_RESULTS=results/smoke after "
                                  "`glocal reproduce --profile smoke`")
-TABLES = ("T1", "T2", "T3", "T4", "T6", "T7", "T8", "T9", "T10", "TA", "TX", "V1", "V2", "AX")  # T5 counts images, no metric
+TABLES = ("T1", "T2", "T3", "T4", "T6", "T7", "T8", "T9", "T10", "TA", "TX", "V1", "V2", "V3", "V4", "V5", "V6", "VX",
+          "AX")  # T5 counts images, no metric; V3: times, memory and parameter counts
 MEAN = "Mean"
 
 

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 FULL_SIZE_BACKBONE = "ViT-L-14-336-quickgelu"
@@ -43,7 +44,8 @@ def full_size_count(cfg: Any, backbone: str = FULL_SIZE_BACKBONE, image_size: in
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # open_clip says no pretrained weights were loaded: intended
     try:
-        clip = open_clip.create_model(backbone, pretrained=None, device="meta")
+        with torch.device("meta"):  # initialisers run on meta tensors too: no CPU work (else ~4 s per ViT-L)
+            clip = open_clip.create_model(backbone, pretrained=None, device="meta")
     finally:
         logging.disable(previous)
     if getattr(cfg, "activation", None):
