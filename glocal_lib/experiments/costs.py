@@ -151,9 +151,14 @@ def price_plan(registry: Any, ids: Sequence[str], profile: Any, costs: dict[str,
             key, stored = _vision_key(cfg, tower)
             for k in tj.train_datasets:  # a concatenated set fills each member's cache
                 fills[(k, key)] = stored
-            n = tj.spec().resolved(profile, cfg).epochs * sum(n_images(k) for k in tj.train_datasets)
+            spec = tj.spec().resolved(profile, cfg)
+            n = spec.epochs * sum(n_images(k) for k in tj.train_datasets)
             train_img += n
             live += 3 * n if key[0] == "images" else 0  # prompted tower forward + backward ~ 3 forwards
+            if spec.validation is not None:  # best-epoch runs evaluate their validation set after every epoch
+                fills[(spec.validation, key)] = stored
+                eval_img += spec.epochs * n_images(spec.validation)
+                live += spec.epochs * n_images(spec.validation) if key[0] == "images" else 0
         for ej in plan.eval_jobs:
             key, stored = _vision_key(eval_cfg(ej), tower)
             fills[(ej.dataset, key)] = stored

@@ -273,6 +273,8 @@ def reproduce_cli(argv: Sequence[str]) -> int:
             print(f"  train {job.name}")
             if len(job.train_datasets) > 1:
                 print(f"        on {' + '.join(job.train_datasets)} (one concatenated training set)")
+            if (val := _validation(job, profile)) is not None:
+                print(f"        epochs ranked on {val}'s test set (select: best_epoch, a selection on test data)")
             for need in _required_inputs(job, profile):
                 print(f"        needs {need}")
         for ejob in plan.eval_jobs:
@@ -301,6 +303,14 @@ def reproduce_cli(argv: Sequence[str]) -> int:
     print(f"[reproduce] seconds per notebook (also in {root / 'timings.md'}):\n{table}")
     print(f"[reproduce] {len(names)} notebooks in {total:.0f} s; results index: {root / 'index.html'}")
     return 0
+
+
+def _validation(job: Any, profile: Any) -> str | None:
+    """The validation set of a best-epoch training job (its protocol's or its preset's), else None."""
+    from glocal_lib.engine.train import _config, validation_set
+
+    spec = job.spec()
+    return validation_set(spec, _config(spec, profile))
 
 
 def _required_inputs(job: Any, profile: Any) -> list[str]:

@@ -146,6 +146,9 @@ class ReleasedVsPaper(Kind):
             ctx.notes.append(prov_mod.LAMBDA_NOTE + f" ({MARK} marks such cells; {SELECTION_NAN_NOTE})")
         if picks:
             ctx.notes.append(prov_mod.epoch_note(str(pcfg.get("method", aid)), picks, reg.dataset_name, MARK))
+        variants = dict.fromkeys(s[k] for s in art["sections"] for k in ("a", "b"))
+        ctx.notes += [f"{reg.variant_label(v)} ({reg.profile} profile): {note}" for v in variants
+                      if (note := (reg.variant(v).get("profile_notes") or {}).get(reg.profile))]
         if prot != "ablation":
             ctx.notes.append(f"protocol {reg.protocol_name(prot)}: " + "; ".join(
                 f"{reg.dataset_name(t)} -> {', '.join(reg.dataset_name(d) for d in e)}"
