@@ -153,6 +153,7 @@ def test_engine_runs_record_what_the_efficiency_table_reads(tmp_path_factory: py
     assert t["cache_build_s"] > 0 and len(t["epochs_s"]) == 1
     assert e["images"] == len(eval_data.index) and e["predict_s"] > 0 and e["load_s"] >= 0
     assert e["cache_build_s_per_image"] > 0  # the VisA cache's own build time over its images
+    assert e["predict_batch"] >= 1
     for rec in (t, e):
         assert rec["peak_memory_bytes"] > 0 and "cpu peak RSS" in rec["peak_memory_kind"] and "CPU" in rec["hardware"]
         assert rec["cpu_s"] > 0

@@ -349,7 +349,7 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     bar.close()
     timing["predict_and_metrics_s"] = time.perf_counter() - t1
     timing["images"] = float(len(order))
-    timing["load_s"], timing["predict_s"] = load_s, predict_s
+    timing["load_s"], timing["predict_s"], timing["predict_batch"] = load_s, predict_s, int(bs)
     build = getattr(source, "meta", None) or {}  # a feature cache records what building it cost
     if build.get("build_s") is not None and build.get("n"):
         timing["cache_build_s_per_image"] = float(build["build_s"]) / float(build["n"])

@@ -129,7 +129,7 @@ class EfficiencyTable(Kind):
         trains = dict(timed_train_jobs(reg, art))
         train_set = reg.dataset_name(art["train"])
         eval_set = reg.dataset_name(art["eval"])
-        out, hardware, kinds, unrecorded, exact = [], set(), set(), [], []
+        out, hardware, kinds, unrecorded, exact, batches = [], set(), set(), [], [], []
         for method in reg.methods_of(art):
             values: dict[str, float] = dict.fromkeys(QUANTITIES, math.nan)
             run_ids: list[str] = []
@@ -167,6 +167,7 @@ class EfficiencyTable(Kind):
                     unrecorded.append(f"{method} evaluation run {eval_run.run_id}: peak memory")
                 hardware.add(t.get("hardware") or eval_run.env.get("device", {}).get("processor", "unknown"))
                 kinds.add(t.get("peak_memory_kind"))
+                batches.append(f"{method} {t.get('predict_batch', 'not recorded')}")
             counts = full_size_counts(reg, method, art["train"])
             values["params_m"], values["params_optimised_m"] = counts.modules / 1e6, counts.optimised / 1e6
             exact.append(f"{method} {counts.modules:,} ({counts.optimised:,} optimised)")
@@ -182,7 +183,8 @@ class EfficiencyTable(Kind):
         ctx.notes.append(f"inference time per image = evaluation on {eval_set}: reading the batch and the model's "
                          "prediction (image-based methods run the tower there), plus, for cached methods, the cache's "
                          "recorded build time per image (reading, preprocessing and the frozen tower); pixel "
-                         "metrics are not included")
+                         "metrics are not included; per image at the prediction's batch size ("
+                         + (", ".join(batches) or "no run") + "; the released scripts evaluate one image at a time)")
         ctx.notes.append("peak memory: " + "; ".join(sorted(str(k) for k in kinds if k)) if any(kinds) else
                          "peak memory: not recorded by these runs")
         ctx.notes.append("the published GPU cost is set beside the training peak; the paper does not say whether it "
