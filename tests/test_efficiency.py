@@ -17,6 +17,7 @@ from glocal_lib.experiments import kinds
 from glocal_lib.experiments.kinds.efficiency import eval_cells, timed_train_jobs
 from glocal_lib.experiments.paper_values import load_paper_table, lookup
 from glocal_lib.experiments.registry import load_registry
+from glocal_lib.experiments.tables import NOT_RECORDED_NOTE, to_markdown
 from glocal_lib.model.counting import full_size_count
 
 D, W, WT = 768, 1024, 768  # ViT-L/14@336: joint embedding, vision width, text width
@@ -122,8 +123,6 @@ def test_efficiency_table_reads_the_run_records_back_exactly(drawn: tuple[Any, A
 
 
 def test_efficiency_table_prints_the_counts_with_their_digits(drawn: tuple[Any, Any]) -> None:
-    from glocal_lib.experiments.tables import to_markdown
-
     md = to_markdown(drawn[1])
     assert "4.149 / 4.150 (-0.001)" in md and "5.555 / 5.560 (-0.005)" in md
 
@@ -135,6 +134,8 @@ def test_runs_without_records_leave_the_cells_empty_and_say_so(tmp_path: Path) -
     table = kinds.build_table(reg, store, "V3")
     assert math.isnan(_cell(table, "ViP2-CLIP", "infer_ms")[0])
     assert any("not recorded by this run" in n for n in table.notes)
+    hit = table.data[(table.data["row"] == "ViP2-CLIP") & (table.data["metric"] == "infer_ms")]
+    assert hit["note"].iloc[0] == NOT_RECORDED_NOTE and "not recorded /" in to_markdown(table)
     assert _cell(table, "ViP2-CLIP", "params_m")[0] == pytest.approx(4.149121)  # counts need no run
 
 

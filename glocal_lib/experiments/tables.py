@@ -38,6 +38,8 @@ LEGEND = ("each cell: reproduced / published (reproduced − published); — = n
           "published); missing = its run is not made yet (`glocal reproduce --only <ID>` makes it); undefined = "
           "its run finished but the metric has no value there (e.g. a test set with one label only)")
 MISSING_NOTE = "not run yet"
+# a run made before the engine recorded a quantity (e.g. peak memory, V3): not undefined, just not recorded
+NOT_RECORDED_NOTE = "not recorded by its run"
 SELECTION_NAN_NOTE = "a selection metric undefined on a run (NaN) is left out of its mean, not counted"
 MARK = "†"
 MEAN_MARK = "‡"
@@ -127,6 +129,8 @@ def _reproduced_text(r: pd.Series, digits: int) -> str:
         return _fmt_num(r["reproduced"], digits)
     if r.get("note") == MISSING_NOTE:
         return "missing"
+    if r.get("note") == NOT_RECORDED_NOTE:
+        return "not recorded"
     return "undefined" if str(r.get("run_ids") or "").strip() else "—"
 
 

@@ -22,7 +22,7 @@ from glocal_lib.data.registry import DOMAINS
 from glocal_lib.experiments.kinds.base import Drawing, Kind, TableBody, register_kind
 from glocal_lib.experiments.paper_values import load_paper_table, lookup
 from glocal_lib.experiments.registry import Cell, Registry, TrainJob
-from glocal_lib.experiments.tables import METRIC_DIGITS, METRIC_LABELS, long_row
+from glocal_lib.experiments.tables import METRIC_DIGITS, METRIC_LABELS, NOT_RECORDED_NOTE, long_row
 
 GB = 1e9
 # quantity key -> (label, digits); the labels say the unit, as the paper's headers do
@@ -175,8 +175,11 @@ class EfficiencyTable(Kind):
                 pm = paper_metrics.get(q)
                 pv = (lookup(paper, table=pcfg["table"], dataset=pcfg.get("dataset"), method=names.get(method, method),
                              metric=pm) if pm else math.nan)
+                # a finished run without the record (made before the engine wrote it) says so, not "undefined"
+                made = train_run if q.startswith("train") else eval_run if q in ("infer_ms", "eval_peak_gb") else None
+                note = NOT_RECORDED_NOTE if made is not None and math.isnan(v) else ""
                 out.append(long_row(aid, domain="", row=method, dataset=eval_set, metric=q, reproduced=v, paper=pv,
-                                    run_ids=" ".join(run_ids)))
+                                    run_ids=" ".join(run_ids), note=note))
         ctx.notes.append(f"training time = the training run on {train_set} (its epochs plus the one-off "
                          "encoding of the training set into the frozen-feature cache, for cached methods); our "
                          "engine encodes the frozen tower once, where the released scripts re-run it every epoch")
