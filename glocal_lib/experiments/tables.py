@@ -252,5 +252,5 @@ def read_table_csv(path: str | Path) -> pd.DataFrame:
             skip += 1
     df = pd.read_csv(path, skiprows=skip)
     if "paper_source" in df.columns:  # text, empty where no published value: '' as written, not NaN
-        df["paper_source"] = df["paper_source"].fillna("").astype(str)
+        df["paper_source"] = df["paper_source"].astype(object).fillna("").astype(str)
     return df
