@@ -57,9 +57,9 @@ def undefined_cells(df: pd.DataFrame, aid: str = "") -> list[str]:
     """Cells whose run exists and whose metric the dataset defines, but that hold no value. A "Mean"
     cell counts when any dataset it averages has a run (it is undefined only if all of them are)."""
     bad = []
-    has_run = df["run_ids"].fillna("").astype(str).str.strip() != ""
+    has_run = df["run_ids"].astype(object).fillna("").astype(str).str.strip() != ""
     # V3's timings of a reused run made before the engine recorded them: printed "not recorded", not undefined
-    notes = df["note"].fillna("").astype(str) if "note" in df.columns else pd.Series("", index=df.index)
+    notes = df["note"].astype(object).fillna("").astype(str) if "note" in df.columns else pd.Series("", index=df.index)
     empty = df["reproduced"].isna() & (notes != NOT_RECORDED_NOTE)
     for key, group in df.groupby(["section", "domain", "row"], dropna=False, sort=False):
         runs_in_group = bool(has_run[group.index].any())
