@@ -93,8 +93,9 @@ def drawn(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root: Path = tmp_path_factory.mktemp("results") / "smoke"
     reg = load_registry(profile="paper")  # both columns (MVTec AD and VisA) are planned under the paper profile
     store = FakeStore(FakeProfile("smoke", root))
-    populate(reg, store, ["V5", "V6"])
-    return {aid: kinds.build_table(reg, store, aid) for aid in ("V5", "V6")}
+    aids = ["V4", "V5", "V6", "VX"]
+    populate(reg, store, aids)
+    return {aid: kinds.build_table(reg, store, aid) for aid in aids}
 
 
 @pytest.mark.parametrize(("aid", "file", "table", "names"), [
@@ -140,11 +141,8 @@ def test_vx_flips_one_paper_switch_per_section_against_the_released_run(profile:
             assert cell.candidates[0].job == v1[cell.dataset]
 
 
-def test_vx_sets_the_published_vip2clip_values_beside_both_settings(tmp_path: Path) -> None:
-    reg = load_registry(profile="paper")
-    store = FakeStore(FakeProfile("smoke", tmp_path / "smoke"))
-    populate(reg, store, ["VX"])
-    df = kinds.build_table(reg, store, "VX").data
+def test_vx_sets_the_published_vip2clip_values_beside_both_settings(drawn: dict[str, Any]) -> None:
+    df = drawn["VX"].data
     rows = df[df["row"] != "B − A"]
     assert len(rows) == 4 * 2 * 2 * 6  # sections x (A, B) x (MVTec AD, VisA) x metrics
     for _, r in rows.iterrows():
@@ -174,11 +172,8 @@ def test_v4_runs_every_module_combination_once(profile: str) -> None:
             assert cell.candidates[0].job == shared[(cell.row, cell.dataset)]
 
 
-def test_v4_prints_the_published_rows_as_printed_and_row_7_beside_the_full_model(tmp_path: Path) -> None:
-    reg = load_registry(profile="paper")
-    store = FakeStore(FakeProfile("smoke", tmp_path / "smoke"))
-    populate(reg, store, ["V4"])
-    df = kinds.build_table(reg, store, "V4").data
+def test_v4_prints_the_published_rows_as_printed_and_row_7_beside_the_full_model(drawn: dict[str, Any]) -> None:
+    df = drawn["V4"].data
     df = df[df["dataset"] != "Mean"]
     names = {f"ViP2-T4-row{i}": f"Ablation row {i}" for i in range(1, 7)} | {"ViP2-CLIP": "Ablation row 7"}
     for _, r in df.iterrows():
