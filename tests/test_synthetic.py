@@ -345,6 +345,20 @@ def test_mvtec_like_layouts(all_tiny):
     }
 
 
+def test_mpdd_brackets_have_the_colour_their_name_says(all_tiny):
+    """A "white" bracket drawn in a random colour (pink on brown) left the smoke's trained models no white
+    object to learn; each bracket's good images must show a sizeable near-white / near-black patch."""
+    root = all_tiny[0]["mpdd"].root
+
+    def share(cat: str, test) -> float:
+        imgs = [np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (root / cat / "test" / "good").iterdir()]
+        return float(np.mean([test(im).all(-1).mean() for im in imgs]))
+
+    assert share("bracket_white", lambda im: im > 190) > 0.05
+    assert share("bracket_black", lambda im: im < 70) > 0.05
+    assert share("bracket_white", lambda im: im < 70) < 0.01 and share("bracket_black", lambda im: im > 190) < 0.01
+
+
 def test_sdd_empty_train_and_half_names(all_tiny):
     root = all_tiny[0]["sdd"].root
     cat = root / "electrical commutators"

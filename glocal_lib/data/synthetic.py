@@ -278,6 +278,9 @@ _MPDD_LOOK = {
     "bracket_white": ("rect", 2, 0.22, 0.35), "connector": ("rect", 1, 0.3, 0.6),
     "metal_plate": ("rect", 1, 0.42, 0.8), "tubes": ("rect", 3, 0.3, 0.15),
 }
+_MPDD_BRACKET_COLOUR = {
+    "bracket_black": (38.0, 38.0, 42.0), "bracket_brown": (125.0, 80.0, 45.0), "bracket_white": (228.0, 228.0, 222.0),
+}
 _GRAY_MVTEC = {"grid", "screw", "zipper"}
 # fmt: on
 
@@ -367,6 +370,8 @@ def _style(key: str, category: str, seed: int) -> _Style:
         obj_color = (150.0, 150.0, 150.0)
     if key == "covid19":
         obj_color = (40.0, 40.0, 40.0)
+    if key == "mpdd" and category in _MPDD_BRACKET_COLOUR:  # the name says the colour (a random one
+        obj_color = _MPDD_BRACKET_COLOUR[category]         # made "white" pink, and defects hid on it)
     return _Style(texture, tuple(sorted(params.items())), c0, c1, gray, obj, count, size, aspect, obj_color)
 
 
