@@ -10,14 +10,14 @@ counter, so it is the process's peak resident set (VmHWM), reset at the start of
 
 from __future__ import annotations
 
-import contextlib
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from glocal_lib.bench.machine import cpu_model
 
 CUDA_KIND = "cuda max_memory_allocated"
 RSS_KIND = "cpu peak RSS of the process during the run (VmHWM, reset at its start)"
@@ -42,15 +42,6 @@ def _reset_vm_hwm() -> bool:
         return True
     except OSError:
         return False
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else platform's guess."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def hardware(device: str) -> str:

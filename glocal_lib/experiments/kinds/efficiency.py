@@ -130,6 +130,15 @@ class EfficiencyTable(Kind):
         train_set = reg.dataset_name(art["train"])
         eval_set = reg.dataset_name(art["eval"])
         out, hardware, kinds, unrecorded, exact, batches = [], set(), set(), [], [], []
+
+        def usage(t: dict[str, Any], run: Any, what: str) -> float:
+            """A run's peak memory (GB) from its timing record; notes its hardware and memory counter."""
+            if "peak_memory_bytes" not in t:
+                unrecorded.append(f"{method} {what} run {run.run_id}: peak memory")
+            hardware.add(t.get("hardware") or run.env.get("device", {}).get("processor", "unknown"))
+            kinds.add(t.get("peak_memory_kind"))
+            return _num(t.get("peak_memory_bytes")) / GB
+
         for method in reg.methods_of(art):
             values: dict[str, float] = dict.fromkeys(QUANTITIES, math.nan)
             run_ids: list[str] = []
@@ -144,11 +153,7 @@ class EfficiencyTable(Kind):
                     values["train_time_s"] = vision + float(np.sum(epochs))
                     values["train_time_h"] = values["train_time_s"] / 3600.0
                     values["train_epochs"] = float(len(epochs))
-                values["train_peak_gb"] = _num(t.get("peak_memory_bytes")) / GB
-                if "peak_memory_bytes" not in t:
-                    unrecorded.append(f"{method} training run {train_run.run_id}: peak memory")
-                hardware.add(t.get("hardware") or train_run.env.get("device", {}).get("processor", "unknown"))
-                kinds.add(t.get("peak_memory_kind"))
+                values["train_peak_gb"] = usage(t, train_run, "training")
             cell = cells.get(method)
             eval_run = ctx.run(cell) if cell is not None else None
             if eval_run is not None:
@@ -162,11 +167,7 @@ class EfficiencyTable(Kind):
                 if math.isnan(per_image):
                     unrecorded.append(f"{method} evaluation run {eval_run.run_id}: inference time")
                 values["infer_ms"] = 1000.0 * per_image
-                values["eval_peak_gb"] = _num(t.get("peak_memory_bytes")) / GB
-                if "peak_memory_bytes" not in t:
-                    unrecorded.append(f"{method} evaluation run {eval_run.run_id}: peak memory")
-                hardware.add(t.get("hardware") or eval_run.env.get("device", {}).get("processor", "unknown"))
-                kinds.add(t.get("peak_memory_kind"))
+                values["eval_peak_gb"] = usage(t, eval_run, "evaluation")
                 batches.append(f"{method} {t.get('predict_batch', 'not recorded')}")
             counts = full_size_counts(reg, method, art["train"])
             values["params_m"], values["params_optimised_m"] = counts.modules / 1e6, counts.optimised / 1e6
