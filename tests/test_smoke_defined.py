@@ -28,22 +28,6 @@ TABLES = ("T1", "T2", "T3", "T4", "T6", "T7", "T8", "T9", "T10", "TA", "TX", "V1
           "AX")  # T5 counts images, no metric; V3: times, memory and parameter counts
 MEAN = "Mean"
 
-# Known gaps (issue 11 item 7, open): two cflow AUPROs the smoke models leave undefined. In each the
-# trained model ranks the stand-in's background above its defect (pixel AUROC < 0.5) and its maps pile up
-# at their maximum, so fewer than two of the released metric's 200 thresholds have FPR < 0.3 (the released
-# code would fail there; ours says "undefined" with that reason). Causes found so far: the endoscopy
-# polyp stand-in looks like MVTec's normal capsule/pill stand-ins; TN3K's per-pixel speckle outweighs its
-# flat nodules. Listed exactly, so that any other undefined value still fails; remove an entry when its
-# stand-in is fixed.
-KNOWN_UNDEFINED_CELLS = {  # (table, row, dataset as printed, metric)
-    ("T2", "KAnoCLIP", "TN3K", "aupro_cflow"),        # ClinicDB-trained KAnoCLIP on TN3K
-    ("T8", "lambda 0.01", MEAN, "aupro_cflow"),       # MVTec-trained GlocalCLIP (lambda 0.01) on Kvasir
-}
-KNOWN_UNDEFINED_RUNS = {  # (eval run name prefix, dataset, category, metric)
-    ("kanoclip-paper-clinicdb-", "tn3k", "thyroid", "aupro_cflow"),
-    ("glocal-released-mvtec-a13-d10-t2-l0.01-kvasir-", "kvasir", "colon", "aupro_cflow"),
-}
-
 
 def _level_defines(dataset_name: str, metric: str) -> bool:
     """Whether the dataset printed as `dataset_name` defines `metric` (its manifest's eval_level)."""
@@ -52,7 +36,7 @@ def _level_defines(dataset_name: str, metric: str) -> bool:
     return level == "both" or level == ("image" if metric in IMAGE_METRICS else "pixel")
 
 
-def undefined_cells(df: pd.DataFrame, aid: str = "") -> list[str]:
+def undefined_cells(df: pd.DataFrame) -> list[str]:
     """Cells whose run exists and whose metric the dataset defines, but that hold no value. A "Mean"
     cell counts when any dataset it averages has a run (it is undefined only if all of them are)."""
     bad = []
@@ -63,7 +47,7 @@ def undefined_cells(df: pd.DataFrame, aid: str = "") -> list[str]:
     for key, group in df.groupby(["section", "domain", "row"], dropna=False, sort=False):
         runs_in_group = bool(has_run[group.index].any())
         for i, r in group.iterrows():
-            if not empty[i] or (aid, r["row"], r["dataset"], r["metric"]) in KNOWN_UNDEFINED_CELLS:
+            if not empty[i]:
                 continue
             if r["dataset"] == MEAN:
                 if runs_in_group:
@@ -95,16 +79,6 @@ def test_undefined_cells_counts_only_cells_the_dataset_and_its_runs_define() -> 
     assert len(bad) == 2 and "HeadCT / image_auroc" in bad[0] and "Mean / image_auroc" in bad[1]
 
 
-def test_the_known_gaps_exempt_only_their_own_cells() -> None:
-    df = pd.DataFrame([{"section": None, "domain": "medical", "row": "KAnoCLIP", "dataset": d, "metric": m,
-                        "reproduced": None, "run_ids": "r1"}
-                       for d, m in (("TN3K", "aupro_cflow"), ("TN3K", "pixel_auroc"), ("Kvasir", "aupro_cflow"))])
-    assert len(undefined_cells(df)) == 3  # no table named: nothing exempt
-    bad = undefined_cells(df, "T2")
-    assert len(bad) == 2 and not any("TN3K / aupro_cflow" in b for b in bad)
-    assert len(undefined_cells(df, "V2")) == 3  # the same cell in another table is not exempt
-
-
 def test_a_reused_runs_missing_record_is_not_an_undefined_metric() -> None:
     df = pd.DataFrame([{"section": None, "domain": "", "row": "ViP2-CLIP", "dataset": "VisA", "metric": m,
                         "reproduced": None, "run_ids": "r1", "note": note}
@@ -119,7 +93,7 @@ def test_every_metric_of_the_table_is_defined(aid: str) -> None:
     path = _root() / "tables" / f"{aid}.csv"
     assert path.is_file(), f"{path} missing: run `glocal reproduce --profile smoke --only {aid}`"
     df = read_table_csv(path)
-    bad = undefined_cells(df, aid)
+    bad = undefined_cells(df)
     assert not bad, f"{aid}: {len(bad)} undefined cell(s), e.g. " + "; ".join(bad[:6])
 
 
@@ -131,9 +105,7 @@ def test_no_eval_run_has_an_undefined_category() -> None:
     for path in runs:
         data = json.loads(path.read_text(encoding="utf-8"))
         for cat, values in data["per_category"].items():
-            missing = sorted(m for m, v in values.items() if v is None and not any(
-                path.parent.name.startswith(prefix) and (data["dataset"], cat, m) == (ds, c, metric)
-                for prefix, ds, c, metric in KNOWN_UNDEFINED_RUNS))
+            missing = sorted(m for m, v in values.items() if v is None)
             if missing:
                 bad.append(f"{path.parent.name}: {data['dataset']}/{cat} {', '.join(missing)}")
     assert not bad, f"{len(bad)} undefined category metric(s): " + "; ".join(bad[:8])

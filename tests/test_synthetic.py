@@ -359,6 +359,26 @@ def test_mpdd_brackets_have_the_colour_their_name_says(all_tiny):
     assert share("bracket_white", lambda im: im < 70) < 0.01 and share("bracket_black", lambda im: im > 190) < 0.01
 
 
+def test_polyps_and_nodules_look_like_tissue_not_stains(all_tiny):
+    """The smoke's trained models ranked a flat blue polyp on a smooth ramp (MVTec's normal capsule/pill
+    look) and a flat disc on per-pixel speckle below their backgrounds, leaving AUPROs undefined. Polyps
+    must keep the mucosa's red hue and nodules be hypoechoic tissue: darker, but still speckled."""
+    def regions(key: str, images: str, masks: str, mode: str):
+        root = all_tiny[0][key].root
+        for p in sorted((root / images).iterdir()):
+            img = np.asarray(Image.open(p).convert(mode)).astype(float)
+            m = np.asarray(Image.open(next((root / masks).glob(p.stem + "*"))).convert("L")) > 127
+            yield img[m], img[~m]
+
+    for key in ("clinicdb", "kvasir"):
+        for inside, outside in regions(key, "images", "masks", "RGB"):
+            assert inside.mean(0)[0] > inside.mean(0)[2] + 40  # red, not the blue stain it was
+            assert abs(inside.mean() - outside.mean()) > 5  # but visibly different from the mucosa
+    for inside, outside in regions("tn3k", "test-image", "test-mask", "L"):
+        assert inside.mean() < 0.85 * outside.mean()  # hypoechoic
+        assert inside.std() > 0.25 * outside.std()  # its own speckle, not a flat disc
+
+
 def test_sdd_empty_train_and_half_names(all_tiny):
     root = all_tiny[0]["sdd"].root
     cat = root / "electrical commutators"

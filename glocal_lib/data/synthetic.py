@@ -228,6 +228,10 @@ def _texture(kind: str, rng: np.random.Generator, h: int, w: int, p: dict[str, f
     if kind == "blotchy":
         b = _value_noise(rng, h, w, 3, octaves=2)
         return np.clip((b - 0.5) * 3 + 0.5, 0, 1) * 0.85 + 0.15 * noise
+    if kind == "mucosa":  # endoscopy: smooth shading, a faint network of vessels, a mild vignette
+        r2 = ((x - w / 2) ** 2 + (y - h / 2) ** 2) / (0.5 * s) ** 2
+        vessels = np.abs(_value_noise(rng, h, w, 6, octaves=2) - 0.5) < 0.02
+        return np.clip(0.55 + 0.5 * (noise - 0.5) - 0.1 * r2 - 0.12 * vessels, 0, 1)
     if kind == "speckle":
         return np.clip(0.5 * noise + 0.5 * rng.random((h, w)).astype(np.float32) ** 2, 0, 1)
     # "noise" (leather, matted, generic)
@@ -311,7 +315,7 @@ def _look(key: str, category: str) -> tuple[str, str, int, float, float, bool]:
     if key == "isic":
         return "noise", "", 1, 0, 1, False
     if key in {"colondb", "clinicdb", "kvasir", "endo"}:
-        return "gradient", "", 1, 0, 1, False
+        return "mucosa", "", 1, 0, 1, False
     if key == "tn3k":
         return "speckle", "", 1, 0, 1, True
     if key == "dagm":
@@ -448,10 +452,12 @@ def _defect_kind(key: str, defect_type: str, rng: np.random.Generator) -> str:
     for kind, words in _KEYWORDS:
         if any(w in name for w in words):
             return kind
-    if key in {"isic", "colondb", "clinicdb", "kvasir", "endo"}:
+    if key in {"colondb", "clinicdb", "kvasir", "endo"}:
+        return "polyp"
+    if key == "isic":
         return "stain"
     if key == "tn3k":
-        return "hole"
+        return "nodule"
     if key in {"headct", "brainmri", "br35h", "covid19"}:
         return str(rng.choice(["stain", "hole"]))
     return str(rng.choice(_DEFECT_KINDS))
@@ -524,6 +530,20 @@ def _apply_defect(kind: str, img: np.ndarray, fg: np.ndarray, rng: np.random.Gen
         ref = f[disc].mean(0) if disc.any() else f.mean((0, 1))
         colour = _far_colour(np.array([[12.0, 10, 10], [240, 240, 240]])[:, : f.shape[2]], ref)
         out[disc] = colour + (0.25 * d2[disc, None] * (ref - colour))
+    elif kind == "nodule":  # hypoechoic, as thyroid nodules are: the tissue's own speckle, darker
+        alpha = _blob(rng, h, w, cy, cx, rng.uniform(0.1, 0.18) * s)[..., None]
+        out = f * (1 - 0.6 * alpha)
+    elif kind == "polyp":  # a raised bump of the mucosa's own colour: shaded as a lit dome, grainier, one glint
+        r = rng.uniform(0.1, 0.2) * s
+        alpha = _blob(rng, h, w, cy, cx, r)[..., None]
+        y, x = _coords(h, w)
+        ang = rng.uniform(0, 2 * np.pi)
+        lit = np.clip(((x - cx) * np.cos(ang) + (y - cy) * np.sin(ang)) / r, -1, 1)
+        shade = 0.78 + 0.2 * lit + 0.25 * (_value_noise(rng, h, w, 16, octaves=2) - 0.5)
+        gy, gx = cy + 0.45 * r * np.sin(ang), cx + 0.45 * r * np.cos(ang)
+        glint = np.exp(-((y - gy) ** 2 + (x - gx) ** 2) / (0.15 * r) ** 2)[..., None]
+        bump = f * shade[..., None] + 0.85 * glint * (255 - f)
+        out = (1 - alpha) * f + alpha * bump
     else:  # cutpaste: a rotated, flipped and re-lit patch taken from elsewhere in the image
         ph = pw = max(4, int(rng.uniform(0.16, 0.26) * s))
         sy = int(rng.integers(0, h - ph + 1))
