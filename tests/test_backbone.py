@@ -19,10 +19,12 @@ from glocal_lib.model.backbone import (
     WEIGHTS_DIR_ENV,
     default_feature_layers,
     default_vv_start_layer,
+    feature_layers_for,
     load_clip,
     openai_state_dict,
     resize_positional_embedding,
     save_openai_state_dict,
+    vv_start_layer_for,
 )
 from glocal_lib.model.vision import DualPathVisionEncoder
 
@@ -56,6 +58,10 @@ def test_tiny_architectures_registered():
         assert cfg["quick_gelu"] and cfg["vision_cfg"]["layers"] == depth and cfg["text_cfg"]["layers"] == 12
     assert default_feature_layers(24) == (6, 12, 18, 24) and default_vv_start_layer(24) == 6
     assert default_feature_layers(8) == (2, 4, 6, 8) and default_vv_start_layer(8) == 2
+    # what every detector and the cost model read from a config: None = the published layers, scaled
+    assert feature_layers_for(None, 8) == (2, 4, 6, 8) and feature_layers_for((-1,), 24) == (24,)
+    assert feature_layers_for((3, -2), 8) == (3, 7)
+    assert vv_start_layer_for(None, 24) == 6 and vv_start_layer_for(3, 24) == 3
 
 
 def test_random_init_is_seeded_frozen_fp32_with_random_biases(tiny8):

@@ -94,11 +94,7 @@ class Tower:
 def _vision_key(cfg: Any, tower: Tower) -> tuple[tuple[Any, ...], int]:
     """(what makes two runs' cached features the same, layers the cache stores per image)."""
     from glocal_lib.config import detector_class
-    from glocal_lib.model.backbone import (
-        default_feature_layers,
-        default_vv_start_layer,
-        resolve_feature_layers,
-    )
+    from glocal_lib.model.backbone import feature_layers_for, vv_start_layer_for
     from glocal_lib.model.detector import layer_aliases
 
     if getattr(detector_class(cfg), "feature_source", "frozen") == "images":  # AdaCLIP: one static vector per image
@@ -107,8 +103,8 @@ def _vision_key(cfg: Any, tower: Tower) -> tuple[tuple[Any, ...], int]:
     # fields other methods' configs may lack take the value their detectors use (KAnoCLIP: true layers, V-V)
     d = {"dual_path": True, "attention": "vv", "global_ln_post": False, "alias_final_layer": False,
          "window_scales": (), "global_source": "original", **cfg.to_dict()}
-    layers = resolve_feature_layers(tuple(d.get("feature_layers") or default_feature_layers(tower.depth)), tower.depth)
-    vv = (d.get("vv_start_layer") or default_vv_start_layer(tower.depth)) if d["dual_path"] else None
+    layers = feature_layers_for(tuple(d["feature_layers"]) if d.get("feature_layers") else None, tower.depth)
+    vv = vv_start_layer_for(d.get("vv_start_layer"), tower.depth) if d["dual_path"] else None
     winclip = d["method"] == "winclip"
     stored = len(d["window_scales"]) if winclip else len(set(layer_aliases(layers, vv, d["alias_final_layer"])))
     key = (winclip, tuple(d["window_scales"]) if winclip else None, vv, layers, d["attention"],

@@ -100,6 +100,16 @@ def default_vv_start_layer(depth: int) -> int:
     return max(1, depth // 4)
 
 
+def feature_layers_for(layers: tuple[int, ...] | None, depth: int) -> tuple[int, ...]:
+    """A config's `feature_layers` (None: the published ones scaled) as block numbers 1..depth."""
+    return resolve_feature_layers(default_feature_layers(depth) if layers is None else layers, depth)
+
+
+def vv_start_layer_for(start: int | None, depth: int) -> int:
+    """A config's `vv_start_layer` (None: the published one scaled to `depth` blocks)."""
+    return default_vv_start_layer(depth) if start is None else start
+
+
 def _digest_text(src: WeightSource) -> str:
     return f"SHA256 {src.sha256}" if len(src.sha256) == 64 else f"SHA256 starting {src.sha256}"
 

@@ -19,7 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ConfigError
 from . import scoring
-from .backbone import SHARED_FLAG, default_feature_layers, default_vv_start_layer, resolve_feature_layers
+from .backbone import SHARED_FLAG, feature_layers_for, vv_start_layer_for
 from .losses import gcl_loss, global_loss, local_losses
 from .prompts import FixedPrompts, LearnedPrompts, PromptEnsemble, build_prompt_learner
 from .text import DeepTextPrompts, encode_prompts
@@ -172,13 +172,10 @@ class GlocalDetector(FrozenTowerDetector):
                  backbone_seed: int = 0) -> None:
         super().__init__()
         depth = self._freeze_clip(clip, cfg, backbone, weights, seed, backbone_seed)
-        vv_start = cfg.vv_start_layer if cfg.vv_start_layer is not None else default_vv_start_layer(depth)
-        layers = cfg.feature_layers if cfg.feature_layers is not None else default_feature_layers(depth)
-        layers = resolve_feature_layers(layers, depth)
         self.vision = DualPathVisionEncoder(
             clip.visual,
-            vv_start_layer=vv_start if cfg.dual_path else None,
-            feature_layers=layers,
+            vv_start_layer=vv_start_layer_for(cfg.vv_start_layer, depth) if cfg.dual_path else None,
+            feature_layers=feature_layers_for(cfg.feature_layers, depth),
             attention=cfg.attention,
             global_ln_post=cfg.global_ln_post,
             alias_final_layer=cfg.alias_final_layer,

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..vip2clip_config import Vip2ClipConfig
 from . import scoring, vip2clip_checkpoint
-from .backbone import default_feature_layers, resolve_feature_layers
+from .backbone import feature_layers_for
 from .detector import FrozenTowerDetector, Prediction, VisionFeatures
 from .losses import global_loss, local_losses
 from .prompts import tokenize, tokenizer
@@ -233,9 +233,8 @@ class Vip2ClipDetector(FrozenTowerDetector):
         super().__init__()
         depth = self._freeze_clip(clip, cfg, backbone, weights, seed, backbone_seed)
         self.deep = None
-        layers = cfg.feature_layers if cfg.feature_layers is not None else default_feature_layers(depth)
         self.vision = DualPathVisionEncoder(clip.visual, vv_start_layer=None,
-                                            feature_layers=resolve_feature_layers(layers, depth),
+                                            feature_layers=feature_layers_for(cfg.feature_layers, depth),
                                             global_ln_post=False, alias_final_layer=False, image_size=image_size)
         n_patches = self.vision.grid**2
         if cfg.use_utpa and cfg.topk > n_patches:

@@ -21,7 +21,7 @@ from glocal_lib.adaclip_config import AdaCLIPConfig
 from glocal_lib.errors import ConfigError, WeightsError
 from glocal_lib.io import read_yaml
 from glocal_lib.model import scoring
-from glocal_lib.model.backbone import default_feature_layers, resolve_feature_layers
+from glocal_lib.model.backbone import feature_layers_for
 from glocal_lib.model.detector import FrozenTowerDetector, Prediction
 from glocal_lib.model.images import ImageBatch
 from glocal_lib.model.losses import dice_loss, focal_loss
@@ -122,7 +122,7 @@ class AdaCLIPDetector(FrozenTowerDetector):
             raise ConfigError(f"AdaCLIP runs its tower with activation {cfg.activation!r}; load it with "
                               f"load_clip(..., activation={cfg.activation!r}) (build_model does)")
         depth = self._freeze_clip(clip, cfg, backbone, weights, seed, backbone_seed)
-        layers = resolve_feature_layers(cfg.feature_layers or default_feature_layers(depth), depth)
+        layers = feature_layers_for(cfg.feature_layers or None, depth)
         self.vision = PromptedVisionTower(clip.visual, layers, image_size, cfg.pos_resize)
         if cfg.visual_prompts and cfg.prompt_depth > depth:
             raise ConfigError(f"adaclip prompt_depth={cfg.prompt_depth} exceeds the {depth} vision blocks")

@@ -21,7 +21,7 @@ from torch import nn
 from ...errors import ConfigError
 from ...kanoclip_config import KAnoCLIPConfig
 from .. import scoring
-from ..backbone import default_feature_layers, default_vv_start_layer, resolve_feature_layers
+from ..backbone import feature_layers_for, vv_start_layer_for
 from ..detector import FrozenTowerDetector, Prediction, VisionFeatures
 from ..losses import local_losses
 from ..prompts import LearnedPrompts, PromptLayout
@@ -78,11 +78,9 @@ class KAnoCLIPDetector(FrozenTowerDetector):
                  backbone_seed: int = 0) -> None:
         super().__init__()
         depth = self._freeze_clip(clip, cfg, backbone, weights, seed, backbone_seed)
-        vv_start = cfg.vv_start_layer if cfg.vv_start_layer is not None else default_vv_start_layer(depth)
-        layers = cfg.feature_layers if cfg.feature_layers is not None else default_feature_layers(depth)
         self.vision = DualPathVisionEncoder(
-            clip.visual, vv_start_layer=vv_start if cfg.dual_path else None,
-            feature_layers=resolve_feature_layers(layers, depth), attention="vv", global_ln_post=False,
+            clip.visual, vv_start_layer=vv_start_layer_for(cfg.vv_start_layer, depth) if cfg.dual_path else None,
+            feature_layers=feature_layers_for(cfg.feature_layers, depth), attention="vv", global_ln_post=False,
             alias_final_layer=False, image_size=image_size, global_source=cfg.global_source)
         width = int(clip.ln_final.weight.shape[0])
         dim = self.vision.output_dim
