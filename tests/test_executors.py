@@ -1,14 +1,18 @@
 """The executor layer without Ray: GPU shares, the progress line, blocked evaluations, the CLI flags,
-and a run's output captured in its log (Python and C-level writes)."""
+a run's output captured in its log (Python and C-level writes), and the skip of a finished run (a job
+sharing another job's run still gets its own ledger entry, as the local executor gives it)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from glocal_lib.engine import load_profile
+from glocal_lib.engine.runs import ledger_dir, mark_done
 from glocal_lib.errors import ConfigError
 from glocal_lib.experiments import executors
 from glocal_lib.experiments.executors import Outcome, RayOptions, progress_line, summary
@@ -65,3 +69,32 @@ def test_a_runs_output_goes_to_its_log_at_the_file_descriptor_level(tmp_path: Pa
     with executors._output_to(log):
         print("second attempt")
     assert log.read_text() == "from python\nfrom C level stderr\nsecond attempt\n"
+
+
+def _finished_run(root: Path, name: str) -> Path:
+    run_dir = root / "runs" / "eval" / "adaclip-fp16-visa-0123456789ab"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"name": name, "dataset": "visa"}))
+    mark_done(run_dir)
+    return run_dir
+
+
+def test_a_skipped_job_sharing_a_finished_run_gets_its_ledger_entry(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = _finished_run(tmp_path, "adaclip fp16 @visa")
+    monkeypatch.setattr(executors, "_run_dir", lambda kind, job, profile: run_dir)
+    job = SimpleNamespace(name="adaclip fp32 @visa")  # another row with the same settings (fp16 off on CPU)
+    assert executors._finished("eval", job, profile=None) == run_dir.name
+    names = {json.loads(p.read_text())["name"]: json.loads(p.read_text())["run_id"]
+             for p in ledger_dir(tmp_path).glob("*.json")}
+    assert names == {"adaclip fp16 @visa": run_dir.name, "adaclip fp32 @visa": run_dir.name}
+    executors._finished("eval", job, profile=None)  # asked again (a rerun): no second entry
+    assert len(list(ledger_dir(tmp_path).glob("*.json"))) == 2
+
+
+def test_an_unfinished_run_is_not_skipped_and_not_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = tmp_path / "runs" / "eval" / "clip-visa-0123456789ab"
+    run_dir.mkdir(parents=True)
+    monkeypatch.setattr(executors, "_run_dir", lambda kind, job, profile: run_dir)
+    assert executors._finished("eval", SimpleNamespace(name="clip @visa"), profile=None) is None
+    assert not ledger_dir(tmp_path).exists() or not any(ledger_dir(tmp_path).iterdir())

@@ -198,14 +198,19 @@ def runtime_env() -> dict[str, Any]:
 
 
 def _finished(kind: str, job: Any, profile: Any) -> str | None:
-    """The run id when the job's run (by its hash) is finished, else None (also when it cannot be told)."""
-    from glocal_lib.engine.runs import is_done
+    """The run id when the job's run (by its hash) is finished, else None (also when it cannot be told).
+    A run another job made (same settings) gets this job's ledger entry too, as the local executor gives
+    it, so drawing finds the run under either name."""
+    from glocal_lib.engine.runs import is_done, record_name
 
     try:
         run_dir = _run_dir(kind, job, profile)
     except (GlocalError, OSError, ValueError):
         return None
-    return run_dir.name if is_done(run_dir) else None
+    if not is_done(run_dir):
+        return None
+    record_name(run_dir, job.name)
+    return run_dir.name
 
 
 def _error_text(err: BaseException) -> str:
