@@ -70,7 +70,8 @@ def _card(reg: Registry, root: Path, aid: str, art: dict[str, Any], is_table: bo
         meta += f"<br><span title='{html.escape(', '.join(prov['run_ids']))}'>runs: {runs or '—'}</span>"
     else:
         meta = "<span class='missing'>not generated yet</span>"
-    headline = _headline(root / folder / f"{aid}.csv") if is_table and kind_of(reg, aid).headline else ""
+    headline = (_headline(root / folder / f"{aid}.csv", art.get("headline", "GlocalCLIP"))
+                if is_table and kind_of(reg, aid).headline else "")
     body = (f"<div class='card' id='{html.escape(aid)}' data-artifact='{html.escape(aid)}'>"
             f"<h3><span class='id'>{html.escape(aid)}</span> {html.escape(art.get('title', ''))}</h3>"
             f"{thumb}{headline}<div class='links'>{links or '<span class=missing>missing</span>'}</div>"
@@ -79,7 +80,8 @@ def _card(reg: Registry, root: Path, aid: str, art: dict[str, Any], is_table: bo
 
 
 def _headline(csv: Path, method: str = "GlocalCLIP") -> str:
-    """GlocalCLIP's Mean row of a comparison table: reproduced / published (difference) per metric."""
+    """The Mean row of a comparison table's proposed method (the entry's `headline`, default GlocalCLIP):
+    reproduced / published (difference) per metric."""
     if not csv.is_file():
         return ""
     from glocal_lib.experiments.tables import METRIC_LABELS, cell_text, read_table_csv

@@ -37,7 +37,7 @@ class Kind:
     name: ClassVar[str] = ""
     output: ClassVar[str] = "table"  # "table" (tables/<ID>.csv|md|html) or "figure" (figures/<ID>.png)
     required: ClassVar[tuple[str, ...]] = ()  # keys the experiments.yaml entry must have
-    headline: ClassVar[bool] = False  # the results index shows GlocalCLIP's Mean row on the card
+    headline: ClassVar[bool] = False  # the results index shows the Mean row of the entry's `headline` method
 
     def cells(self, reg: Registry, aid: str, art: dict[str, Any]) -> list[Cell]:
         """Every cell (row x dataset) the artifact draws; what its plan evaluates."""

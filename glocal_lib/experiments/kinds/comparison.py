@@ -219,6 +219,9 @@ class _MethodTable(Kind):
     required = ("title", "notebook", "datasets", "methods")
 
     def cells(self, reg: Registry, aid: str, art: dict[str, Any]) -> list[Cell]:
+        if "headline" in art and art["headline"] not in art["methods"]:
+            raise ConfigError(f"{reg.source}: artifact {aid} has headline {art['headline']!r}, which is not one of "
+                              f"its methods {art['methods']}")
         return method_cells(reg, art)
 
 
@@ -237,7 +240,8 @@ class ComparisonTable(_MethodTable):
     no published row}`, `paper.metric_names: {AUROC: AUC}`, `paper.mean` (the printed name of the average row, default Mean)
     and `paper.note`; `paper.sources: {column: {file, table, domain, datasets, mean, method, label, note}}`
     (one mapping or a list) takes that column's published values from another paper (PublishedSource),
-    its average row only where it averages the same datasets as our Mean."""
+    its average row only where it averages the same datasets as our Mean. `headline` names the method whose
+    Mean row the results index shows on the card (default GlocalCLIP; another paper's table names its own)."""
 
     required = (*_MethodTable.required, "domain", "paper")
     headline = True
