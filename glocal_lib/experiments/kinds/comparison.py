@@ -230,6 +230,9 @@ def table_metrics(reg: Registry, art: dict[str, Any]) -> list[str]:
     return list(art.get("metrics") or reg.data["table_metrics"])
 
 
+MEAN_SUBSET = "our Mean and the published one average different datasets"  # then no difference is shown
+
+
 @register_kind("comparison_table")
 class ComparisonTable(_MethodTable):
     """Rows = datasets + Mean, columns = method x metric (T1, T2): any paper's "Table N, reproduced vs
@@ -265,6 +268,7 @@ class ComparisonTable(_MethodTable):
             entry = reg.method(method)
             sources = published_sources(paper_cfg, method)
             per_metric: dict[str, list[float]] = {m: [] for m in metrics}
+            covered: dict[str, tuple[set[str], set[str]]] = {m: (set(), set()) for m in metrics}  # ours, published
             picks: set[tuple[str, int | None]] = set()
             if entry.get("reproduced", True) is False:
                 ctx.notes.append(f"{method}: {entry.get('reason', 'not reproduced')}")
@@ -285,6 +289,9 @@ class ComparisonTable(_MethodTable):
                     rv = pct(res.values, m)
                     if not math.isnan(rv):
                         per_metric[m].append(rv)
+                        covered[m][0].add(ds)
+                    if not math.isnan(pv):
+                        covered[m][1].add(ds)
                     out.append(long_row(aid, domain=domain, row=method, dataset=reg.dataset_name(ds), metric=m,
                                    reproduced=rv, paper=pv, selected_lambda=lam_of(res),
                                    lambda_selected_on_test=res.select_on_test, run_ids=" ".join(res.run_ids),
@@ -292,6 +299,7 @@ class ComparisonTable(_MethodTable):
                                          else MISSING_NOTE if res.missing and entry.get("reproduced", True) else ""),
                                    paper_source=src.ref if src is not None else ""))
             mean_gaps: list[tuple[str, str]] = []
+            subset_means: list[str] = []
             for m in metrics:
                 level, pm = paper_metric(reg, m)
                 pv, src = first_published(reg, sources, None, level, pm, domain)
@@ -304,9 +312,17 @@ class ComparisonTable(_MethodTable):
                 if inconsistent_mean(pv, rows_pv):
                     note += f"; {INCONSISTENT_MEAN} ({np.nanmean(rows_pv):.2f})"
                     ctx.notes.append(INCONSISTENT_MEAN_NOTE)
-                out.append(long_row(aid, domain=domain, row=method, dataset="Mean", metric=m,
-                                    reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv, note=note,
-                                    paper_source=src.ref if src is not None else ""))
+                row = long_row(aid, domain=domain, row=method, dataset="Mean", metric=m,
+                               reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv, note=note,
+                               paper_source=src.ref if src is not None else "")
+                ours, published = covered[m]
+                if not math.isnan(row["diff"]) and published and ours != published:
+                    row["diff"] = np.nan  # the two means average different datasets: no difference shown
+                    row["note"] += f"; no difference: {MEAN_SUBSET} ({len(ours & published)} of the {len(published)} published)"
+                    subset_means.append(METRIC_LABELS.get(m, m))
+                out.append(row)
+            if subset_means:
+                ctx.notes.append(f"{method}: Mean without a difference ({', '.join(subset_means)}): {MEAN_SUBSET}")
             ctx.notes += source_notes(method, sources, mean_gaps)
             if picks:
                 ctx.notes.append(prov_mod.epoch_note(method, picks, reg.dataset_name, MARK))
