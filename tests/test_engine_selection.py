@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers_engine import profile_at, shared_root, small_data
+from helpers_engine import SMALL, profile_at, shared_root, small_data
 
 from glocal_lib.engine import EvalSpec, TrainSpec, load_run, run_eval, run_train
+from glocal_lib.engine.evaluate import category_mean_metric
+from glocal_lib.engine.modeling import build_detector, config_from_dict
 from glocal_lib.engine.train import INITIAL_BEST, best_epoch
 from glocal_lib.errors import ConfigError
 from glocal_lib.model import read_checkpoint
@@ -83,3 +85,21 @@ def test_best_epoch_equals_brute_force_over_every_checkpoint(base: Path) -> None
         name = f"epoch_{e:02d}.pt"
         for p, q in zip(_prompts(run_dir / "checkpoints" / name), _prompts(twin / "checkpoints" / name), strict=True):
             assert torch.equal(p, q)
+
+
+def test_validation_metric_is_run_evals_per_category_f1max(base: Path) -> None:
+    """category_mean_metric (the per-epoch validation) and run_eval share one prediction path: on the
+    same model, its per-category pixel F1-max are the ones run_eval writes, its mean is theirs."""
+    prof = profile_at(base, "res-sel-metric")
+    data = small_data(prof, "mvtec", ["bottle", "cable"])
+    ev = run_eval(EvalSpec("zs-metric@mvtec", "mvtec", preset="glocalclip-released", overrides=SMALL, seed=3),
+                  prof, progress=False, data=data)
+    run = load_run(ev)
+    model = build_detector(config_from_dict(run.config["model"]), prof, seed=run.config["identity"]["seed"])
+    mean, per_cat = category_mean_metric(model, data, prof)
+    written = json.loads((ev / "metrics.json").read_text())
+    assert set(per_cat) == set(written["per_category"]) == {"bottle", "cable"}
+    for cat, d in written["per_category"].items():
+        assert per_cat[cat] == pytest.approx(d["pixel_f1max"], rel=1e-6, abs=1e-9)
+    assert mean == pytest.approx(written["mean"]["pixel_f1max"], rel=1e-6, abs=1e-9)
+    assert len(set(np.round(list(per_cat.values()), 6))) > 1  # the categories differ: a mix-up would show

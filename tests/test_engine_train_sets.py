@@ -14,7 +14,7 @@ from helpers_engine import SMALL, profile_at, shared_root, small_data
 
 from glocal_lib.data.registry import train_keys, train_label, train_value
 from glocal_lib.engine import EvalSpec, TrainSpec, load_run, run_eval, run_train
-from glocal_lib.engine.features import ConcatSource, feature_source
+from glocal_lib.engine.features import ConcatSource, cache_build, feature_source
 from glocal_lib.engine.modeling import build_detector, model_config
 from glocal_lib.engine.runs import read_ledger, run_id
 from glocal_lib.engine.train import _config, train_identity
@@ -82,6 +82,23 @@ def test_concat_source_is_the_concatenation(base: Path) -> None:
             assert int(labels[j]) == int(data.index["label"].iloc[local]) == int(y[0])
             assert torch.equal(masks[j], m[0])
     assert sorted(seen) == list(range(n_a + n_b))  # every row of both sets, once
+
+
+def test_concat_source_reports_the_sum_of_its_cache_builds(base: Path) -> None:
+    """A concatenated set's cache build is its members' build times and images summed (each read from
+    the member's own meta.json); a member without a recorded build leaves the set without one."""
+    prof = profile_at(base, "res-sets")
+    a, b = _two(prof)
+    model = build_detector(model_config("glocalclip-released", SMALL, precision="fp32"), prof, seed=1)
+    src_a, src_b = (feature_source(model, d, prof, use_cache=True, batch_size=4) for d in (a, b))
+    metas = [json.loads((s.path / "meta.json").read_text()) for s in (src_a, src_b)]
+    assert cache_build(src_a) == (float(metas[0]["build_s"]), len(a.index))
+    total = cache_build(ConcatSource([src_a, src_b]))
+    assert total is not None
+    assert total[0] == pytest.approx(metas[0]["build_s"] + metas[1]["build_s"]) and total[0] > 0
+    assert total[1] == metas[0]["n"] + metas[1]["n"] == len(a.index) + len(b.index)
+    live = feature_source(model, b, prof, use_cache=False, batch_size=4)
+    assert cache_build(live) is None and cache_build(ConcatSource([src_a, live])) is None
 
 
 def test_run_on_concatenated_sets(base: Path) -> None:

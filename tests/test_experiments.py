@@ -217,6 +217,39 @@ def test_paper_values_lookup_and_env_override(tmp_path: Path, monkeypatch: pytes
     assert math.isnan(df["value"].iloc[0])
 
 
+def test_published_value_is_lookup_without_a_copy_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The indexed lookup (comparison tables) gives what lookup on the whole table gives, for every key of
+    every transcription (NaN where printed "-", the same error where a key is ambiguous), reads no table
+    copy per call, and its index cannot be changed by a caller."""
+    files = sorted(p.name for p in paper_values.paper_dir().glob("*.csv"))
+    checked = 0
+    for name in files:
+        df = paper_values.load_paper_table(name)
+        if not set(paper_values.VALUE_KEY) <= set(df.columns):
+            continue
+        for key in dict.fromkeys(df[list(paper_values.VALUE_KEY)].itertuples(index=False, name=None)):
+            filters = dict(zip(paper_values.VALUE_KEY, key, strict=True))
+            try:
+                want: object = paper_values.lookup(df, **filters)
+            except ConfigError as exc:
+                want = str(exc)
+            try:
+                got: object = paper_values.published_value(name, **filters)
+            except ConfigError as exc:
+                got = str(exc)
+            assert got == want or (isinstance(got, float) and math.isnan(got) and math.isnan(want)), (name, key)
+            checked += 1
+    assert checked > 1000
+    key = dict(table="Table 1", domain="industrial", dataset="MVTec AD", method="CLIP", level="image", metric="AUROC")
+    monkeypatch.setattr(paper_values, "load_paper_table", lambda name: pytest.fail("table copied per lookup"))
+    assert paper_values.published_value("glocalclip_table1.csv", **key) == 83.3
+    assert math.isnan(paper_values.published_value("glocalclip_table1.csv", **{**key, "method": "nobody"}))
+    path = paper_values.paper_file("glocalclip_table1.csv")
+    index = paper_values._value_index(str(path), path.stat().st_mtime)
+    with pytest.raises(TypeError):
+        index[tuple(key.values())] = (0.0,)  # type: ignore[index]
+
+
 # ---------------------------------------------------------------------------------- fake runs
 @pytest.fixture(scope="module")
 def fake_results(tmp_path_factory: pytest.TempPathFactory) -> tuple:
@@ -318,14 +351,22 @@ def test_ablation_table_domain_means_and_paper_rows(fake_results: tuple) -> None
     assert med["paper"] == 75.0
 
 
-def test_every_table_writes_csv_md_html_with_provenance_and_smoke_label(fake_results: tuple) -> None:
+@pytest.fixture(scope="module")
+def built_tables(fake_results: tuple) -> dict[str, object]:
+    """Every table drawn once into <root>/tables (with the SDD index notebook 00_data records), for the
+    tests that read the drawn files, whichever of them runs first or alone."""
     reg, store, root = fake_results
     (root / "datasets").mkdir(parents=True, exist_ok=True)  # what notebook 00_data records
     pd.DataFrame({"image_path": ["a", "b", "c"], "category": ["x", "x", "x"], "label": [0, 1, 1],
                   "split": ["test"] * 3}).to_csv(root / "datasets" / "sdd.csv", index=False)
     store.refresh()  # the store caches what it read (earlier tables' sample-size notes read "no index")
-    built = kinds.build_tables(reg, store, None, root / "tables")
-    assert sorted(built) == sorted(TABLE_IDS)
+    return kinds.build_tables(reg, store, None, root / "tables")
+
+
+def test_every_table_writes_csv_md_html_with_provenance_and_smoke_label(fake_results: tuple,
+                                                                        built_tables: dict[str, object]) -> None:
+    reg, store, root = fake_results
+    assert sorted(built_tables) == sorted(TABLE_IDS)
     for aid in TABLE_IDS:
         for ext in ("csv", "md", "html"):
             text = (root / "tables" / f"{aid}.{ext}").read_text(encoding="utf-8")
@@ -413,8 +454,9 @@ def test_umap_handles_a_two_epoch_run() -> None:
 
 
 # --------------------------------------------------------------------------------- index page
-def test_index_lists_every_artifact_with_relative_links(fake_results: tuple) -> None:
+def test_index_lists_every_artifact_with_relative_links(fake_results: tuple, built_tables: dict[str, object]) -> None:
     reg, store, root = fake_results
+    assert "T1" in built_tables  # the index links the tables drawn so far
     path = report.build_index(reg, root, store.profile)
     text = path.read_text(encoding="utf-8")
     assert "smoke-banner" in text and SMOKE_LABEL in text

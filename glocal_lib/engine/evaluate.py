@@ -15,6 +15,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from glocal_lib.checks import check_range, check_types
 from glocal_lib.config import detector_class
 from glocal_lib.data.dataset import OPENAI_MEAN, OPENAI_STD
 from glocal_lib.engine.data_prep import DataInfo, prepare_data
-from glocal_lib.engine.features import class_names, feature_source, features_label
+from glocal_lib.engine.features import cache_build, class_names, feature_source, features_label
 from glocal_lib.engine.locks import clear_write_errors
 from glocal_lib.engine.modeling import (
     AUTO,
@@ -291,15 +292,17 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     if unknown:
         raise ConfigError(f"categories {unknown} are not in dataset {data.key!r} ({data.root}); "
                           f"it has {data.categories}")
-    source = feature_source(model, data, profile, use_cache=spec.use_cache, batch_size=profile.encode_batch(bs),
-                            progress=progress)
+    predictor = _predictor(model, data, profile, use_cache=spec.use_cache, sigma=spec.sigma,
+                           batch_size=spec.batch_size, progress=progress)
+    if (predictor.sigma, predictor.precision, predictor.batch_size) != (sigma, precision, bs):
+        raise RuntimeError(f"eval predictor settings {(predictor.sigma, predictor.precision, predictor.batch_size)} "
+                           f"differ from the run identity's {(sigma, precision, bs)}")
     timing["features_s"] = time.perf_counter() - t0 - timing["model_build_s"]
     t1 = time.perf_counter()
     samples = set(sample_rows(index[index["category"].isin(cats)], identity["samples_per_category"]))
     sample_ds = AnomalyDataset(data.root, index, image_size=profile.image_size) if samples else None
     size = int(model.image_size)
     categories = index["category"].to_numpy()
-    prompt_names = class_names(model, data)
     cat_dir, sample_dir = run_dir / "categories", run_dir / "samples"
     todo = [c for c in cats if not (cat_dir / f"{_safe(c)}.npz").is_file()]  # others finished before a kill
     rows_of = {c: np.flatnonzero(categories == c) for c in todo}
@@ -311,26 +314,11 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     bar = tqdm(total=len(order), desc=f"eval {data.key}", disable=not progress, unit="img")
     # inference cost per image (efficiency tables): reading a batch (cached features, or images for an
     # image-based method) and the model's prediction, each timed to its end on the device
-    load_s = predict_s = 0.0
-    batches = iter(source.iter_batches(order, bs, device))
-    while True:
-        t_load = time.perf_counter()
-        try:
-            chunk, feats, lab, msk = next(batches)
-        except StopIteration:
-            break
-        t_pred = time.perf_counter()
-        load_s += t_pred - t_load
-        with autocast(device, precision):
-            pred = model.predict(feats, sigma=sigma, class_names=list(prompt_names[chunk]))
-        synchronize(device)
-        predict_s += time.perf_counter() - t_pred
+    clock = {"load_s": 0.0, "predict_s": 0.0}
+    for chunk, pred, lab, msk in predictor.batches(order, clock):
         s = pred.image_scores.float().cpu().numpy()
         y = lab.cpu().numpy()
-        if on_device:  # maps stay on the GPU; pixel metrics run there (glocal_lib.metrics.device)
-            m, mk = pred.maps.float(), (msk > 0.5).to(torch.uint8)
-        else:
-            m, mk = pred.maps.float().cpu().numpy(), (msk.cpu().numpy() > 0.5).astype(np.uint8)
+        m, mk = _maps_masks(pred, msk, on_device)
         for j, row in enumerate(chunk.tolist()):
             cat = str(categories[row])
             if cat not in open_parts:
@@ -349,13 +337,66 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     bar.close()
     timing["predict_and_metrics_s"] = time.perf_counter() - t1
     timing["images"] = float(len(order))
-    timing["load_s"], timing["predict_s"], timing["predict_batch"] = load_s, predict_s, int(bs)
-    build = getattr(source, "meta", None) or {}  # a feature cache records what building it cost
-    if build.get("build_s") is not None and build.get("n"):
-        timing["cache_build_s_per_image"] = float(build["build_s"]) / float(build["n"])
+    timing["load_s"], timing["predict_s"], timing["predict_batch"] = clock["load_s"], clock["predict_s"], int(bs)
+    build = cache_build(predictor.source)  # a feature cache records what building it cost
+    if build is not None and build[1]:
+        timing["cache_build_s_per_image"] = build[0] / float(build[1])
     timing = {k: round(v, 4) if isinstance(v, float) else v for k, v in timing.items()}
     atomic_write_json(run_dir / "timing.json", {**timing, **memory.record()})
     _assemble(run_dir, data, cats, samples, identity, profile.banner)
+
+
+@dataclass(frozen=True)
+class _Predictor:
+    """The one prediction path of run_eval and category_mean_metric (so they cannot drift): a model,
+    its feature source and prompt class names, with the smoothing, precision and batch size it runs at."""
+
+    model: Any
+    source: Any
+    names: np.ndarray  # per index row, the class name in the prompts
+    device: str
+    precision: str
+    sigma: float
+    batch_size: int
+
+    def batches(self, rows: np.ndarray, clock: dict[str, float] | None = None
+                ) -> Iterator[tuple[np.ndarray, Any, torch.Tensor, torch.Tensor]]:
+        """(rows, prediction, labels, masks) per batch of `rows`, in order. With `clock`, adds the time
+        spent reading each batch ("load_s") and predicting it, to its end on the device ("predict_s")."""
+        batches = iter(self.source.iter_batches(rows, self.batch_size, self.device))
+        while True:
+            t_load = time.perf_counter()
+            try:
+                chunk, feats, lab, msk = next(batches)
+            except StopIteration:
+                return
+            t_pred = time.perf_counter()
+            with autocast(self.device, self.precision):
+                pred = self.model.predict(feats, sigma=self.sigma, class_names=list(self.names[chunk]))
+            if clock is not None:
+                synchronize(self.device)
+                clock["load_s"] += t_pred - t_load
+                clock["predict_s"] += time.perf_counter() - t_pred
+            yield chunk, pred, lab, msk
+
+
+def _predictor(model: Any, data: DataInfo, profile: Profile, *, use_cache: bool, sigma: float | None,
+               batch_size: int | None, progress: bool) -> _Predictor:
+    """`model`'s predictor on `data`: sigma as effective_sigma resolves it, the model's precision, the
+    profile's prediction batch unless given; opening (or building) the feature source."""
+    bs = batch_size or profile.predict_batch()
+    source = feature_source(model, data, profile, use_cache=use_cache, batch_size=profile.encode_batch(bs),
+                            progress=progress)
+    return _Predictor(model, source, class_names(model, data), profile.device, model.cfg.precision,
+                      effective_sigma(model.cfg, profile, sigma), bs)
+
+
+def _maps_masks(pred: Any, msk: torch.Tensor, on_device: bool) -> tuple[Any, Any]:
+    """A batch's maps (float32) and masks (uint8 {0,1}): kept on the GPU when evaluating there (pixel
+    metrics run there, glocal_lib.metrics.device), else numpy on the host."""
+    if on_device:
+        return pred.maps.float(), (msk > 0.5).to(torch.uint8)
+    return pred.maps.float().cpu().numpy(), (msk.cpu().numpy() > 0.5).astype(np.uint8)
 
 
 def _host(x: Any) -> np.ndarray:
@@ -457,29 +498,24 @@ def category_mean_metric(model: Any, data: DataInfo, profile: Profile, *, metric
                          progress: bool = False) -> tuple[float, dict[str, float]]:
     """(mean over categories, per-category values) of one pixel metric of an in-memory model on `data`:
     the released AdaCLIP's per-epoch validation (mean pixel F1-max). The same predictions as run_eval
-    (same source, class names, sigma and autocast), one category's maps held at a time; nothing is
-    written. Categories where the metric is undefined are left out of the mean, as in the tables."""
+    (one `_Predictor`), one category's maps held at a time; nothing is written. Categories where the
+    metric is undefined are left out of the mean, as in the tables."""
     from glocal_lib.metrics import pixel_metrics
 
     if not data.has_pixel_metrics:
         raise ConfigError(f"dataset {data.key!r} has no pixel masks: it cannot rank epochs by {metric}")
-    device, precision = profile.device, model.cfg.precision
-    sigma = effective_sigma(model.cfg, profile, sigma)
-    bs = batch_size or profile.predict_batch()
-    source = feature_source(model, data, profile, use_cache=use_cache, batch_size=profile.encode_batch(bs),
-                            progress=progress)
-    names = class_names(model, data)
+    predictor = _predictor(model, data, profile, use_cache=use_cache, sigma=sigma, batch_size=batch_size,
+                           progress=progress)
+    device = predictor.device
     cats = data.index["category"].to_numpy()
     on_device = None if str(device).startswith("cpu") else device
     values: dict[str, float] = {}
     for cat in data.categories:
-        rows = np.flatnonzero(cats == cat)
         maps, masks = [], []
-        for chunk, feats, _, msk in source.iter_batches(rows, bs, device):
-            with autocast(device, precision):
-                pred = model.predict(feats, sigma=sigma, class_names=list(names[chunk]))
-            maps.append(pred.maps.float() if on_device else pred.maps.float().cpu().numpy())
-            masks.append((msk > 0.5).to(torch.uint8) if on_device else (msk.cpu().numpy() > 0.5).astype(np.uint8))
+        for _, pred, _, msk in predictor.batches(np.flatnonzero(cats == cat)):
+            m, mk = _maps_masks(pred, msk, on_device is not None)
+            maps.append(m)
+            masks.append(mk)
         join = torch.cat if on_device else np.concatenate
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a category with one pixel class: NaN, left out of the mean

@@ -176,6 +176,12 @@ class CachedFeatures:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def cache_build(self) -> tuple[float, int] | None:
+        """(seconds, images) building this cache cost, whichever run built it (meta.json); None when
+        the folder does not record it."""
+        build_s = self.meta.get("build_s")
+        return None if build_s is None else (float(build_s), int(self.meta.get("n", len(self))))
+
     def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor, device: str = "cpu"
               ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """(VisionFeatures float32, labels (B,), masks (B,S,S) float {0,1}) for rows `indices`, in order."""
@@ -429,6 +435,14 @@ class ConcatSource:
             if hasattr(s, "set_epoch"):
                 s.set_epoch(epoch)
 
+    def cache_build(self) -> tuple[float, int] | None:
+        """The members' cache builds summed (seconds, images); None unless every member records one
+        (a part of the cost is not the cost of the set)."""
+        builds = [cache_build(s) for s in self.sources]
+        if any(b is None for b in builds):
+            return None
+        return sum(b[0] for b in builds), sum(b[1] for b in builds)
+
     def member_of(self, rows: np.ndarray) -> np.ndarray:
         """Index of the source each global row belongs to."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -454,6 +468,13 @@ class ConcatSource:
             feats = [part[1] for _, part in got]
             yield (rows, type(feats[0]).cat(feats), torch.cat([part[2] for _, part in got]),
                    torch.cat([part[3] for _, part in got]))
+
+
+def cache_build(source: Any) -> tuple[float, int] | None:
+    """(seconds, images) a source's feature cache took to build, or None (live and image sources, or a
+    cache that does not record it): the one reader of a cache's build cost, for train and eval timing."""
+    method = getattr(source, "cache_build", None)
+    return method() if callable(method) else None
 
 
 def _batch_list(source: Any, batches: list[np.ndarray], device: str) -> Iterator[Any]:

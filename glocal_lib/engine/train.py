@@ -23,7 +23,7 @@ import torch
 from glocal_lib.checks import check_range, check_types
 from glocal_lib.data.registry import train_keys, train_label, train_value
 from glocal_lib.engine.data_prep import DataInfo, prepare_data
-from glocal_lib.engine.features import ConcatSource, class_names, feature_source
+from glocal_lib.engine.features import ConcatSource, cache_build, class_names, feature_source
 from glocal_lib.engine.locks import clear_write_errors
 from glocal_lib.engine.modeling import (
     AUTO,
@@ -440,9 +440,9 @@ def _train(spec: TrainSpec, profile: Profile, cfg: Any, data: TrainData, run_dir
                               augment=_augmentation(model, d, spec.seed)) for d in members]
     source = sources[0] if len(sources) == 1 else ConcatSource(sources)
     timing["features_s"] = round(time.perf_counter() - t0, 4)  # cache build (or open) time
-    build = getattr(source, "meta", None) or {}  # the cache's own build time, whichever run built it
-    if build.get("build_s") is not None:
-        timing["cache_build_s"] = float(build["build_s"])
+    build = cache_build(source)  # the cache's own build time (summed over a concatenated set's members)
+    if build is not None:
+        timing["cache_build_s"] = build[0]
     # the global RNG from here on depends on the run alone, not on the process's history (a cache
     # build's DataLoader draws from it), so a run made in any worker, resumed or not, saves the same state
     if resume_rng is not None:

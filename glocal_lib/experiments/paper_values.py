@@ -8,8 +8,10 @@ identical to the shared folder.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,8 @@ PACKAGED_DIR = Path(__file__).with_name("paper")
 SIBLING_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "paper"
 ENV_VAR = "GLOCAL_PAPER_DIR"
 KEY_COLUMNS = ("table", "domain", "dataset", "category", "method", "level", "metric")
+# the key of one dataset-level published value (what a comparison table looks up, many times per drawing)
+VALUE_KEY = ("table", "domain", "dataset", "method", "level", "metric")
 
 
 def paper_dir() -> Path:
@@ -54,6 +58,33 @@ def load_paper_table(name: str) -> pd.DataFrame:
     return _read(str(path), path.stat().st_mtime).copy()
 
 
+@lru_cache(maxsize=32)
+def _value_index(path: str, mtime: float) -> Mapping[tuple[str, ...], tuple[float, ...]]:
+    """Every value of one CSV by its VALUE_KEY (several where the key is ambiguous), read-only."""
+    df = _read(path, mtime)
+    groups: dict[tuple[str, ...], list[float]] = {}
+    for key, value in zip(df[list(VALUE_KEY)].itertuples(index=False, name=None), df["value"], strict=True):
+        groups.setdefault(key, []).append(float(value))
+    return MappingProxyType({k: tuple(v) for k, v in groups.items()})
+
+
+def published_value(name: str, **key: str | None) -> float:
+    """``lookup(load_paper_table(name), **key)`` without copying the table per call: a full VALUE_KEY is
+    read from a per-file index; any other filter set (or a None filter, which matches anything) is
+    handed to ``lookup``."""
+    if set(key) != set(VALUE_KEY) or any(v is None for v in key.values()):
+        return lookup(load_paper_table(name), **key)
+    path = paper_file(name)
+    hits = _value_index(str(path), path.stat().st_mtime).get(tuple(key[c] for c in VALUE_KEY), ())
+    if len(hits) > 1:
+        raise ConfigError(_ambiguous(key, len(hits)))
+    return hits[0] if hits else float("nan")
+
+
+def _ambiguous(filters: dict[str, str | None], n: int) -> str:
+    return f"published values are ambiguous for {filters}: {n} rows"
+
+
 def category_key(printed: str) -> str:
     """Printed category name -> the datasets.csv key ('Metal nut' -> 'metal_nut'), per the paper README."""
     return printed.strip().lower().replace(" ", "_") if printed else ""
@@ -68,5 +99,5 @@ def lookup(df: pd.DataFrame, **filters: str) -> float:
         mask &= (df[col] == val).to_numpy()
     hits = df[mask]
     if len(hits) > 1:
-        raise ConfigError(f"published values are ambiguous for {filters}: {len(hits)} rows")
+        raise ConfigError(_ambiguous(filters, len(hits)))
     return float(hits["value"].iloc[0]) if len(hits) else float("nan")

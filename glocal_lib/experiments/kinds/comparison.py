@@ -17,7 +17,7 @@ from glocal_lib.data.registry import load_manifest
 from glocal_lib.errors import ConfigError
 from glocal_lib.experiments import provenance as prov_mod
 from glocal_lib.experiments.kinds.base import Drawing, Kind, TableBody, register_kind
-from glocal_lib.experiments.paper_values import category_key, load_paper_table, lookup
+from glocal_lib.experiments.paper_values import category_key, load_paper_table, lookup, published_value
 from glocal_lib.experiments.registry import Cell, Registry
 from glocal_lib.experiments.results import CellResult
 from glocal_lib.experiments.tables import (
@@ -117,8 +117,8 @@ class PublishedSource:
         printed = self.mean if dataset is None else self.printed(reg, dataset)
         if printed is None or metric is None:
             return float("nan")
-        return lookup(load_paper_table(self.file), table=self.table, domain=self.domain or domain, dataset=printed,
-                      method=self.method, level=level, metric=self.metric_names.get(metric, metric))
+        return published_value(self.file, table=self.table, domain=self.domain or domain, dataset=printed,
+                               method=self.method, level=level, metric=self.metric_names.get(metric, metric))
 
     def averaged(self, level: str, metric: str | None, domain: str) -> set[str]:
         """The printed datasets the average row of (level, metric) averages: those with a published value."""
