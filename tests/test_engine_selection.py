@@ -57,15 +57,17 @@ def test_validation_set_is_required_and_only_for_best_epoch(tmp_path: Path) -> N
 def test_best_epoch_equals_brute_force_over_every_checkpoint(base: Path) -> None:
     prof = profile_at(base, "res-sel", epochs=EPOCHS)
     data = small_data(prof, "mvtec", ["bottle"])
-    run_dir = run_train(_spec(validation="colondb"), prof, progress=False, data=data)
+    # validated on VisA's stand-in: on the endoscopy and ISIC stand-ins this bottle-trained tiny model gives
+    # every epoch the same F1-max, and the pick would mean nothing (the assertion on distinct values below)
+    run_dir = run_train(_spec(validation="visa"), prof, progress=False, data=data)
     run = load_run(run_dir)
     sel = run.selection()
-    assert sel is not None and sel["validation"] == "colondb" and sel["selected_on_evaluation_data"]
-    assert run.config["identity"]["selection"]["validation"] == "colondb"
+    assert sel is not None and sel["validation"] == "visa" and sel["selected_on_evaluation_data"]
+    assert run.config["identity"]["selection"]["validation"] == "visa"
     # brute force: every epoch's checkpoint evaluated by run_eval, the mean of its per-category F1-max
     values = []
     for e in range(1, EPOCHS + 1):
-        ev = run_eval(EvalSpec(f"ada-sel-e{e}@colondb", "colondb", train_run=run_dir, epoch=e), prof, progress=False)
+        ev = run_eval(EvalSpec(f"ada-sel-e{e}@visa", "visa", train_run=run_dir, epoch=e), prof, progress=False)
         per_cat = json.loads((ev / "metrics.json").read_text())["per_category"]
         values.append(float(np.mean([d["pixel_f1max"] for d in per_cat.values()])))
     assert [h["value"] for h in sel["history"]] == pytest.approx(values, abs=1e-6)
@@ -76,7 +78,7 @@ def test_best_epoch_equals_brute_force_over_every_checkpoint(base: Path) -> None
             best, expect = v, e
     assert sel["best_epoch"] == expect == run.selected_epoch
     # an evaluation without --epoch loads the selected epoch
-    ev = run_eval(EvalSpec("ada-sel@colondb", "colondb", train_run=run_dir), prof, progress=False)
+    ev = run_eval(EvalSpec("ada-sel@visa", "visa", train_run=run_dir), prof, progress=False)
     assert load_run(ev).config["epoch"] == expect
     # selecting does not change training: the last-epoch twin has the same prompts after every epoch
     twin = run_train(_spec("adaclip-glocal-protocol"), prof, progress=False, data=data)
