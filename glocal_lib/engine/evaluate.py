@@ -44,12 +44,11 @@ from glocal_lib.engine.profiles import Profile
 from glocal_lib.engine.runs import (
     Run,
     clear_failure,
-    is_done,
     load_run,
     mark_done,
     record_failure,
-    record_name,
     require_device,
+    reuse_finished,
     run_id,
     run_lock,
     start_run,
@@ -244,13 +243,11 @@ def run_eval(spec: EvalSpec, profile: Profile, *, progress: bool = True, data: D
     data = data or prepare_data(profile, [spec.dataset])[spec.dataset]
     identity, cfg, ckpt, seed = eval_identity(spec, profile, data)
     run_dir = profile.runs_dir("eval") / run_id(spec.name, identity)
-    if is_done(run_dir):
-        record_name(run_dir, spec.name)  # the run of another job with the same settings
+    if reuse_finished(run_dir, spec.name):  # finished, perhaps by another job with the same settings
         return run_dir
     profile.apply_threads()
     with run_lock(run_dir):
-        if is_done(run_dir):
-            record_name(run_dir, spec.name)
+        if reuse_finished(run_dir, spec.name):
             return run_dir
         config = {"kind": "eval", "name": spec.name, "profile": profile.name, "preset": identity["preset"],
                   "banner": profile.banner, "dataset": spec.dataset, "eval_level": data.eval_level,

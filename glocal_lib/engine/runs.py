@@ -219,6 +219,15 @@ def _record(run_dir: Path, finished: float) -> Path:
     return atomic_write_json(ledger_dir(run_dir.parent.parent.parent) / f"{kind}-{run_dir.name}.json", entry)
 
 
+def reuse_finished(run_dir: Path, name: str) -> bool:
+    """Whether the run is finished (then job `name` reuses it and gets its own ledger entry): asked by
+    run_train / run_eval before and again under the run's lock, and by the Ray executor's skip."""
+    if not is_done(run_dir):
+        return False
+    record_name(run_dir, name)
+    return True
+
+
 def record_name(run_dir: Path, name: str) -> None:
     """Give a finished run a ledger entry under another job name too. Two jobs whose settings coincide
     share one run (same identity; names are cut to 80 characters in run ids), e.g. AdaCLIP's fp16 and

@@ -36,11 +36,10 @@ from glocal_lib.engine.modeling import (
 from glocal_lib.engine.profiles import Profile
 from glocal_lib.engine.runs import (
     clear_failure,
-    is_done,
     mark_done,
     record_failure,
-    record_name,
     require_device,
+    reuse_finished,
     run_id,
     run_lock,
     start_run,
@@ -248,13 +247,11 @@ def run_train(spec: TrainSpec, profile: Profile, *, progress: bool = True, data:
     val = prepare_data(profile, [val_key])[val_key] if val_key is not None else None
     identity = train_identity(spec, profile, cfg, data, val)
     run_dir = profile.runs_dir("train") / run_id(spec.name, identity)
-    if is_done(run_dir):
-        record_name(run_dir, spec.name)  # the run of another job with the same settings
+    if reuse_finished(run_dir, spec.name):  # finished, perhaps by another job with the same settings
         return run_dir
     profile.apply_threads()
     with run_lock(run_dir):
-        if is_done(run_dir):
-            record_name(run_dir, spec.name)
+        if reuse_finished(run_dir, spec.name):
             return run_dir
         if restart:
             shutil.rmtree(run_dir)

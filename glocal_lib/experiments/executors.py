@@ -201,16 +201,13 @@ def _finished(kind: str, job: Any, profile: Any) -> str | None:
     """The run id when the job's run (by its hash) is finished, else None (also when it cannot be told).
     A run another job made (same settings) gets this job's ledger entry too, as the local executor gives
     it, so drawing finds the run under either name."""
-    from glocal_lib.engine.runs import is_done, record_name
+    from glocal_lib.engine.runs import reuse_finished
 
     try:
         run_dir = _run_dir(kind, job, profile)
     except (GlocalError, OSError, ValueError):
         return None
-    if not is_done(run_dir):
-        return None
-    record_name(run_dir, job.name)
-    return run_dir.name
+    return run_dir.name if reuse_finished(run_dir, job.name) else None
 
 
 def _error_text(err: BaseException) -> str:
