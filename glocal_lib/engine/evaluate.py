@@ -289,11 +289,8 @@ def _evaluate(spec: EvalSpec, profile: Profile, cfg: Any, ckpt: Path | None, see
     if unknown:
         raise ConfigError(f"categories {unknown} are not in dataset {data.key!r} ({data.root}); "
                           f"it has {data.categories}")
-    predictor = _predictor(model, data, profile, use_cache=spec.use_cache, sigma=spec.sigma,
-                           batch_size=spec.batch_size, progress=progress)
-    if (predictor.sigma, predictor.precision, predictor.batch_size) != (sigma, precision, bs):
-        raise RuntimeError(f"eval predictor settings {(predictor.sigma, predictor.precision, predictor.batch_size)} "
-                           f"differ from the run identity's {(sigma, precision, bs)}")
+    predictor = _predictor(model, data, profile, use_cache=spec.use_cache, sigma=sigma, precision=precision,
+                           batch_size=bs, progress=progress)  # the settings the run identity records
     timing["features_s"] = time.perf_counter() - t0 - timing["model_build_s"]
     t1 = time.perf_counter()
     samples = set(sample_rows(index[index["category"].isin(cats)], identity["samples_per_category"]))
@@ -377,15 +374,12 @@ class _Predictor:
             yield chunk, pred, lab, msk
 
 
-def _predictor(model: Any, data: DataInfo, profile: Profile, *, use_cache: bool, sigma: float | None,
-               batch_size: int | None, progress: bool) -> _Predictor:
-    """`model`'s predictor on `data`: sigma as effective_sigma resolves it, the model's precision, the
-    profile's prediction batch unless given; opening (or building) the feature source."""
-    bs = batch_size or profile.predict_batch()
-    source = feature_source(model, data, profile, use_cache=use_cache, batch_size=profile.encode_batch(bs),
+def _predictor(model: Any, data: DataInfo, profile: Profile, *, use_cache: bool, sigma: float, precision: str,
+               batch_size: int, progress: bool) -> _Predictor:
+    """`model`'s predictor on `data` at resolved settings, opening (or building) its feature source."""
+    source = feature_source(model, data, profile, use_cache=use_cache, batch_size=profile.encode_batch(batch_size),
                             progress=progress)
-    return _Predictor(model, source, class_names(model, data), profile.device, model.cfg.precision,
-                      effective_sigma(model.cfg, profile, sigma), bs)
+    return _Predictor(model, source, class_names(model, data), profile.device, precision, sigma, batch_size)
 
 
 def _maps_masks(pred: Any, msk: torch.Tensor, on_device: bool) -> tuple[Any, Any]:
@@ -501,7 +495,8 @@ def category_mean_metric(model: Any, data: DataInfo, profile: Profile, *, metric
 
     if not data.has_pixel_metrics:
         raise ConfigError(f"dataset {data.key!r} has no pixel masks: it cannot rank epochs by {metric}")
-    predictor = _predictor(model, data, profile, use_cache=use_cache, sigma=sigma, batch_size=batch_size,
+    predictor = _predictor(model, data, profile, use_cache=use_cache, sigma=effective_sigma(model.cfg, profile, sigma),
+                           precision=model.cfg.precision, batch_size=batch_size or profile.predict_batch(),
                            progress=progress)
     device = predictor.device
     cats = data.index["category"].to_numpy()
