@@ -268,7 +268,6 @@ class ComparisonTable(_MethodTable):
             entry = reg.method(method)
             sources = published_sources(paper_cfg, method)
             per_metric: dict[str, list[float]] = {m: [] for m in metrics}
-            covered: dict[str, tuple[set[str], set[str]]] = {m: (set(), set()) for m in metrics}  # ours, published
             picks: set[tuple[str, int | None]] = set()
             if entry.get("reproduced", True) is False:
                 ctx.notes.append(f"{method}: {entry.get('reason', 'not reproduced')}")
@@ -289,9 +288,6 @@ class ComparisonTable(_MethodTable):
                     rv = pct(res.values, m)
                     if not math.isnan(rv):
                         per_metric[m].append(rv)
-                        covered[m][0].add(ds)
-                    if not math.isnan(pv):
-                        covered[m][1].add(ds)
                     out.append(long_row(aid, domain=domain, row=method, dataset=reg.dataset_name(ds), metric=m,
                                    reproduced=rv, paper=pv, selected_lambda=lam_of(res),
                                    lambda_selected_on_test=res.select_on_test, run_ids=" ".join(res.run_ids),
@@ -307,7 +303,8 @@ class ComparisonTable(_MethodTable):
                     pv, src = float("nan"), None
                     mean_gaps.append((METRIC_LABELS.get(m, m), gap))
                 vals = per_metric[m]
-                rows_pv = [r["paper"] for r in out if r["row"] == method and r["metric"] == m and r["dataset"] != "Mean"]
+                rows = [r for r in out if r["row"] == method and r["metric"] == m and r["dataset"] != "Mean"]
+                rows_pv = [r["paper"] for r in rows]
                 note = f"mean over {len(vals)} datasets"
                 if inconsistent_mean(pv, rows_pv):
                     note += f"; {INCONSISTENT_MEAN} ({np.nanmean(rows_pv):.2f})"
@@ -315,7 +312,7 @@ class ComparisonTable(_MethodTable):
                 row = long_row(aid, domain=domain, row=method, dataset="Mean", metric=m,
                                reproduced=float(np.mean(vals)) if vals else np.nan, paper=pv, note=note,
                                paper_source=src.ref if src is not None else "")
-                ours, published = covered[m]
+                ours, published = ({r["dataset"] for r in rows if not math.isnan(r[k])} for k in ("reproduced", "paper"))
                 if not math.isnan(row["diff"]) and published and ours != published:
                     row["diff"] = np.nan  # the two means average different datasets: no difference shown
                     row["note"] += f"; no difference: {MEAN_SUBSET} ({len(ours & published)} of the {len(published)} published)"
